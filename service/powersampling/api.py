@@ -1,0 +1,158 @@
+"""The one public entry point: `reason` (and `reason_async`), used by the CLI, the server and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from powersampling.engines.base import Engine, Prompt
+from powersampling.errors import InvalidArgument
+from powersampling.events import ChainState, EventSink
+from powersampling.params import Method, SamplingParams
+from powersampling.sampler import PowerSampler
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonResult:
+    """One sample's answer and what it cost."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop" or "length"
+    tokens_spent: int  # proposal tokens: initial extensions plus every MCMC proposal
+    token_budget: int | None
+    mcmc_steps: int
+    accepted_steps: int
+    changed_steps: int
+    skipped_steps: int  # steps that did not fit the token budget
+    acceptance_rate: float  # accepted / proposed MCMC steps (0 when none)
+    change_rate: float  # steps that changed the sequence / proposed steps
+    log_prob: float  # log p(x | prompt) at temperature 1
+    latency_s: float
+    model: str
+    engine: str
+    method: str
+    alpha: float
+    proposal_temperature: float
+    seed: int  # the request's seed (drawn when none was given): re-send it to reproduce
+    chain_index: int
+    prompt_tokens: int
+    resumed_from_block: int
+
+    def to_dict(self, *, with_token_ids: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_token_ids:
+            del d["token_ids"]
+        return d
+
+
+def make_params(params: SamplingParams | None = None, **options: Any) -> SamplingParams:
+    """SamplingParams from keyword options (CLI and API names alike), validated, with a seed."""
+    if params is not None and options:
+        raise InvalidArgument("params", "pass either params or keyword options, not both")
+    if params is None:
+        if "budget" in options:
+            options["token_budget"] = options.pop("budget")
+        if "temperature" in options:
+            options["proposal_temperature"] = options.pop("temperature")
+        unknown = set(options) - set(SamplingParams.__dataclass_fields__)
+        if unknown:
+            raise InvalidArgument(sorted(unknown)[0], "unknown option")
+        params = SamplingParams(**options)
+    if params.seed is None:
+        params = params.with_seed(secrets.randbits(63))
+    return params
+
+
+def encode_and_check(engine: Engine, prompt: Prompt, params: SamplingParams, chat: bool | None) -> list[int]:
+    """Prompt token ids, checked against the model's context."""
+    prompt_ids = engine.encode_prompt(prompt, chat=chat)
+    context = engine.info.max_context_tokens
+    if len(prompt_ids) >= context:
+        raise InvalidArgument(
+            "prompt", f"{len(prompt_ids)} tokens do not fit the model's context of {context} tokens"
+        )
+    if len(prompt_ids) + params.max_new_tokens > context:
+        raise InvalidArgument(
+            "max_new_tokens",
+            f"{params.max_new_tokens} new tokens after a {len(prompt_ids)}-token prompt exceed the "
+            f"model's context of {context} tokens (at most {context - len(prompt_ids)} fit)",
+        )
+    return prompt_ids
+
+
+async def reason_async(
+    prompt: Prompt,
+    engine: Engine,
+    params: SamplingParams | None = None,
+    *,
+    chat: bool | None = None,
+    on_event: EventSink | None = None,
+    resume: Mapping[int, ChainState] | None = None,
+    **options: Any,
+) -> list[ReasonResult]:
+    """Answer `prompt` with `n` samples (options as in SamplingParams; `budget` = `token_budget`).
+
+    `prompt` is text, chat messages ({"role", "content"} dicts) or token ids. Text goes through the
+    model's chat template when it has one (chat=False sends it raw). `on_event` receives every sampler
+    event; `resume` continues chains from checkpoints (as carried by BlockFinished events).
+    """
+    started = time.perf_counter()
+    params = make_params(params, **options)
+    prompt_ids = encode_and_check(engine, prompt, params, chat)
+    sampler = PowerSampler(engine, prompt_ids, params, on_event=on_event)
+    states = await sampler.run(resume=resume)
+    latency_s = time.perf_counter() - started
+    info = engine.info
+    assert params.seed is not None
+    resume = resume or {}
+    results = []
+    for state in states:
+        steps = state.mcmc_steps
+        results.append(
+            ReasonResult(
+                text=sampler.text(state),
+                token_ids=list(state.token_ids),
+                finish_reason=sampler.finish_reason(state),
+                tokens_spent=state.tokens_spent,
+                token_budget=params.token_budget,
+                mcmc_steps=steps,
+                accepted_steps=state.accepted_steps,
+                changed_steps=state.changed_steps,
+                skipped_steps=state.skipped_steps,
+                acceptance_rate=state.accepted_steps / steps if steps else 0.0,
+                change_rate=state.changed_steps / steps if steps else 0.0,
+                log_prob=float(sum(state.logp)),
+                latency_s=latency_s,
+                model=info.model,
+                engine=info.engine,
+                method=params.method.value,
+                alpha=params.alpha,
+                proposal_temperature=params.temperature,
+                seed=params.seed,
+                chain_index=state.chain_index,
+                prompt_tokens=len(prompt_ids),
+                resumed_from_block=resume[state.chain_index].blocks_done if state.chain_index in resume else 0,
+            )
+        )
+    return results
+
+
+def reason(
+    prompt: Prompt,
+    engine: Engine,
+    params: SamplingParams | None = None,
+    *,
+    chat: bool | None = None,
+    on_event: EventSink | None = None,
+    **options: Any,
+) -> list[ReasonResult]:
+    """Synchronous `reason_async`: one list entry per sample (n of them, default 1)."""
+    return asyncio.run(reason_async(prompt, engine, params, chat=chat, on_event=on_event, **options))
+
+
+__all__ = ["Method", "ReasonResult", "SamplingParams", "make_params", "reason", "reason_async"]

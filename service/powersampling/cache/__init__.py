@@ -1,0 +1,1 @@
+"""Caching of completed chains and per-block checkpoints (Redis)."""

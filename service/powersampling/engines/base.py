@@ -1,0 +1,239 @@
+"""The engine contract: one interface that the sampler drives, whatever runs the model.
+
+An engine extends a batch of token-id prefixes with tokens drawn from the proposal (the model at a
+given temperature) and returns, for every new token, log p (temperature 1) and log q (the proposal
+temperature), both float32 values computed from the same logits. Many chains and requests share one
+engine, so `extend` is awaited concurrently and the engine packs whatever is pending into one batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+from powersampling.errors import EngineError, InvalidArgument
+
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "user", "assistant"] | str
+    content: str
+
+
+Prompt = str | Sequence[ChatMessage] | Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendRequest:
+    """Extend `prefix` (prompt and kept tokens) by at most `max_new_tokens` tokens.
+
+    temperature 0 means greedy (log q is then reported as 0). `seed` alone decides the draws, whatever
+    else shares the batch. `stop` lets an engine end early once its new text holds a stop string; the
+    sampler re-checks, so this is only an optimisation.
+    """
+
+    prefix: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """New tokens with their float32 log p (temperature 1) and log q (proposal temperature)."""
+
+    token_ids: tuple[int, ...]
+    logp: tuple[float, ...]
+    logq: tuple[float, ...]
+    ended_by_eos: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What an engine tells about itself (served by the describe RPC, used in cache keys)."""
+
+    engine: str
+    model: str
+    fingerprint: str
+    max_context_tokens: int
+    eos_token_ids: tuple[int, ...]
+    device: str = "cpu"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """Base of all engines. Subclasses implement the tokenizer side and `extend`."""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> EngineInfo: ...
+
+    @abc.abstractmethod
+    async def extend(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
+        """Extend every request; the result is in the order of `requests`."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of `messages` with the model's chat template and the assistant turn opened."""
+        raise InvalidArgument("messages", f"model {self.info.model!r} has no chat template")
+
+    @property
+    def has_chat_template(self) -> bool:
+        return False
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        """Load whatever is needed; `ready` is true afterwards."""
+
+    async def close(self) -> None:
+        """Release the model and worker threads or processes."""
+
+    def encode_prompt(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
+        """Token ids for a text prompt, chat messages or token ids.
+
+        Text goes through the chat template as one user turn when the model has one, unless
+        chat=False; chat=True on a model without a template is an error.
+        """
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InvalidArgument("prompt", "must not be empty")
+            use_chat = self.has_chat_template if chat is None else chat
+            if use_chat:
+                return self.apply_chat_template([{"role": "user", "content": prompt}])
+            return self.tokenize(prompt)
+        items = list(prompt)
+        if not items:
+            raise InvalidArgument("prompt", "must not be empty")
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+            vocab = self.vocab_size
+            for t in items:
+                if not 0 <= t < vocab:  # type: ignore[operator]
+                    raise InvalidArgument("prompt", f"token id {t} is outside the vocabulary (0..{vocab - 1})")
+            return [int(t) for t in items]  # type: ignore[arg-type]
+        messages: list[ChatMessage] = []
+        for i, m in enumerate(items):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(
+                m.get("role"), str
+            ):
+                raise InvalidArgument(f"messages[{i}]", "each message needs a string 'role' and 'content'")
+            if m["role"] not in ("system", "user", "assistant"):
+                raise InvalidArgument(f"messages[{i}].role", f"unknown role {m['role']!r}")
+            messages.append({"role": m["role"], "content": m["content"]})
+        if not any(m["content"].strip() for m in messages):
+            raise InvalidArgument("messages", "all messages are empty")
+        if chat is False:
+            raise InvalidArgument("messages", "chat messages need the chat template (chat=False given)")
+        return self.apply_chat_template(messages)
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: ExtendRequest
+    future: asyncio.Future[Extension]
+
+
+class BatchingEngine(Engine):
+    """An engine whose model runs batches synchronously on one worker thread.
+
+    Concurrent `extend` calls (from every chain of every request) queue up; a dispatcher takes all
+    that is pending, runs it as one batch on the worker thread, and resolves each caller's future.
+    While a batch runs, new requests gather for the next one. A request whose caller was cancelled is
+    dropped before it runs and skipped between decoding steps (see `is_cancelled`).
+    """
+
+    def __init__(self, max_batch_size: int = 64) -> None:
+        if max_batch_size < 1:
+            raise InvalidArgument("max_batch_size", "must be at least 1")
+        self.max_batch_size = max_batch_size
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=type(self).__name__)
+        self._local = threading.local()
+        self.batches_run = 0
+        self.sequences_run = 0
+        self.tokens_generated = 0
+
+    @abc.abstractmethod
+    def extend_batch(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
+        """Run one batch synchronously (on the worker thread)."""
+
+    def is_cancelled(self, index: int) -> bool:
+        """Inside `extend_batch`: whether the caller of request `index` has gone away."""
+        futures: list[asyncio.Future[Extension]] | None = getattr(self._local, "futures", None)
+        return futures is not None and futures[index].cancelled()
+
+    async def extend(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._queue is None:
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._dispatcher = loop.create_task(self._dispatch(self._queue))
+        futures = [loop.create_future() for _ in requests]
+        for request, fut in zip(requests, futures, strict=True):
+            self._queue.put_nowait(_Pending(request, fut))
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+    async def _dispatch(self, queue: asyncio.Queue[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await queue.get()
+            # Let every chain that is ready this turn enqueue its request before the batch is cut.
+            await asyncio.sleep(0)
+            batch = [first]
+            while not queue.empty() and len(batch) < self.max_batch_size:
+                batch.append(queue.get_nowait())
+            batch = [p for p in batch if not p.future.cancelled()]
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._run, batch)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                error = exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                continue
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+
+    def _run(self, batch: list[_Pending]) -> list[Extension]:
+        self._local.futures = [p.future for p in batch]
+        try:
+            results = self.extend_batch([p.request for p in batch])
+        finally:
+            self._local.futures = None
+        self.batches_run += 1
+        self.sequences_run += len(batch)
+        self.tokens_generated += sum(len(r.token_ids) for r in results)
+        return results
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            self._dispatcher = None
+        self._queue = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
