@@ -179,3 +179,31 @@ def enumerate_power_distribution(
     top = max(log_weights.values())
     total = math.fsum(math.exp(w - top) for w in log_weights.values())
     return {x: math.exp(w - top) / total for x, w in log_weights.items()}
+
+
+DEMO_ALPHABET = " abcdefghijklmnopqrstuvwxyz0123456789.,?!+-=\n"
+
+
+def demo_engine() -> ToyEngine:
+    """A character-level toy for trying the CLI without a model: a fixed pseudo-random bigram table.
+
+    Its answers are gibberish; what it shows is the sampler at work, instantly, on any machine.
+    """
+    vocab = [*DEMO_ALPHABET, "</s>"]
+    eos = len(vocab) - 1
+    rng = np.random.default_rng(20251016)
+    table = rng.gumbel(size=(len(vocab), len(vocab))) * 1.5
+    table[:, eos] -= 2.0  # stop now and then, not at once
+
+    def next_token_logprobs(prefix: tuple[int, ...]) -> np.ndarray:
+        return table[prefix[-1] if prefix else 0]
+
+    return ToyEngine(
+        vocab_size=len(vocab),
+        eos_id=eos,
+        next_token_logprobs=next_token_logprobs,
+        token_strings=vocab,
+        name="toy-demo",
+        fingerprint="toy-demo-20251016",
+        max_context_tokens=1 << 16,
+    )

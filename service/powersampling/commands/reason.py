@@ -1,0 +1,123 @@
+"""`powersampling reason "PROMPT"`: answer one prompt from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from powersampling.api import ReasonResult, reason
+from powersampling.engines.base import Engine
+from powersampling.events import BlockFinished, ChainStarted, SamplerEvent
+from powersampling.params import Method, SamplingParams
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+ENGINES = ("torch", "toy", "vllm")
+
+
+def add_reason_command(subparsers: Any) -> None:
+    defaults = SamplingParams()
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "reason",
+        help="answer a prompt by power sampling (or a baseline)",
+        description="Answer PROMPT by sampling from p(x)^alpha with block-wise Metropolis-Hastings.",
+    )
+    p.add_argument("prompt", help="the prompt text; '-' reads it from standard input")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local folder (default {DEFAULT_MODEL})")
+    p.add_argument("--engine", default="torch", choices=ENGINES, help="engine that runs the model")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
+    p.add_argument("--method", default=defaults.method.value, choices=[m.value for m in Method])
+    p.add_argument("--alpha", type=float, default=defaults.alpha, help="power of the target p^alpha")
+    p.add_argument("--proposal-temperature", type=float, default=None, help="default 1/alpha")
+    p.add_argument("--block-size", type=int, default=defaults.block_size)
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--mcmc-steps", type=int, default=defaults.mcmc_steps, help="MCMC steps per block")
+    p.add_argument("--budget", type=int, default=None, help="cap on all proposal tokens of the request")
+    p.add_argument("--seed", type=int, default=None, help="random seed (drawn and reported when omitted)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("-n", "--samples", dest="n", type=int, default=1, help="independent samples")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="force the chat template")
+    chat.add_argument("--raw", dest="chat", action="store_false", help="send the prompt without chat template")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run_reason)
+
+
+def load_cli_engine(engine: str, model: str, device: str) -> Engine:
+    if engine == "toy":
+        from powersampling.engines.toy import demo_engine
+
+        return demo_engine()
+    from powersampling.engines.models import load_engine
+
+    return load_engine(model, engine=engine, device=device)
+
+
+class BlockProgress:
+    """Prints one line per finished block to stderr (only on a terminal)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, event: SamplerEvent) -> None:
+        if not self.enabled:
+            return
+        if isinstance(event, ChainStarted) and event.chain_index == 0:
+            print(f"sampling: {event.num_blocks} block(s), seed {self.params.seed}", file=sys.stderr)
+        if isinstance(event, BlockFinished):
+            s = event.state
+            rate = s.accepted_steps / s.mcmc_steps if s.mcmc_steps else 0.0
+            budget = f"/{self.params.token_budget}" if self.params.token_budget else ""
+            chain = f"chain {event.chain_index} " if self.params.n > 1 else ""
+            print(
+                f"  {chain}block {event.block_index + 1}/{event.num_blocks}: {len(s.token_ids)} tokens, "
+                f"{s.mcmc_steps} steps, acceptance {rate:.2f}, spent {s.tokens_spent}{budget}"
+                + (" (earlier text revised)" if event.revised else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def run_reason(args: argparse.Namespace) -> int:
+    from powersampling.api import make_params
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    params = make_params(
+        method=args.method,
+        alpha=args.alpha,
+        proposal_temperature=args.proposal_temperature,
+        block_size=args.block_size,
+        max_new_tokens=args.max_new_tokens,
+        mcmc_steps=args.mcmc_steps,
+        token_budget=args.budget,
+        seed=args.seed,
+        stop=tuple(args.stop),
+        n=args.n,
+    )
+    engine = load_cli_engine(args.engine, args.model, args.device)
+    results = reason(prompt, engine, params, chat=args.chat, on_event=BlockProgress(params))
+    if args.json:
+        print(json.dumps(result_json(results), ensure_ascii=False))
+    else:
+        for i, r in enumerate(results):
+            if len(results) > 1:
+                print(f"--- sample {i}")
+            print(r.text)
+        if sys.stderr.isatty():
+            r = results[0]
+            print(
+                f"[{r.finish_reason}; {r.tokens_spent} tokens; {r.mcmc_steps} MCMC steps, acceptance "
+                f"{r.acceptance_rate:.2f}, changed {r.change_rate:.2f}; {r.latency_s:.1f} s; seed {r.seed}]",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def result_json(results: list[ReasonResult]) -> dict[str, Any]:
+    """The first sample's fields; with several samples, all of them under "samples" too."""
+    out = results[0].to_dict(with_token_ids=False)
+    if len(results) > 1:
+        out["samples"] = [r.to_dict(with_token_ids=False) for r in results]
+    return out
