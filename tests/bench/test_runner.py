@@ -166,9 +166,9 @@ def test_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFi
     assert bench_main(["report", "--out", str(out), "--no-plot"]) == 0
     for bad, needle in [
         (["--dataset", "nope"], "unknown dataset 'nope'"),
-        (["--methods", "greedy,best"], "--methods: unknown method 'best'"),
-        (["--model", "x"], "--model"),
-        (["--alpha", "0.5"], "--alpha"),
+        (["--methods", "greedy,best"], "methods: unknown method 'best'"),
+        (["--model", "x"], "model: "),
+        (["--alpha", "0.5"], "alpha: must be at least 1"),
     ]:
         argv = ["quality", "--dataset", "toy", "--engine", "toy", "--out", str(out), "--no-progress", *bad]
         assert bench_main(argv) == 2

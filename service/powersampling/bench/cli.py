@@ -17,13 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from powersampling.errors import PowerSamplingError
+from powersampling.errors import InvalidArgument, PowerSamplingError
 
 ENGINES = ("torch", "vllm", "toy")
-
-
-class _BenchError(Exception):
-    """A bad command line: printed as one line, exit status 2."""
 
 
 def _positive_int(value: str) -> int:
@@ -104,10 +100,10 @@ def add_bench_command(subparsers: Any) -> None:
 
 def _open_engine(kind: str, model: str | None, device: str = "auto") -> Any:
     if kind not in ENGINES:
-        raise _BenchError(f"--engine: unknown engine {kind!r}; use one of {', '.join(ENGINES)}")
+        raise InvalidArgument("engine", f"unknown engine {kind!r}; use one of {', '.join(ENGINES)}")
     if kind == "toy":
         if model is not None:
-            raise _BenchError("--model: the toy engine has a built-in model; leave --model out")
+            raise InvalidArgument("model", "the toy engine has a built-in model; leave --model out")
         from powersampling.bench.datasets import make_toy_engine
 
         return make_toy_engine()
@@ -123,14 +119,14 @@ def run_quality_command(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
-        raise _BenchError("--methods: name at least one method")
+        raise InvalidArgument("methods", "name at least one method")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise _BenchError(f"--methods: unknown method {unknown[0]!r}; use any of {', '.join(METHODS)}")
+        raise InvalidArgument("methods", f"unknown method {unknown[0]!r}; use any of {', '.join(METHODS)}")
     if not args.alpha >= 1.0:
-        raise _BenchError(f"--alpha: must be at least 1, got {args.alpha}")
+        raise InvalidArgument("alpha", f"must be at least 1, got {args.alpha}")
     if args.limit is not None and args.size is not None and args.limit > args.size:
-        raise _BenchError(f"--limit: {args.limit} exceeds --size {args.size}")
+        raise InvalidArgument("limit", f"{args.limit} exceeds --size {args.size}")
     size = args.size
     if size is None and args.limit is not None and args.limit > default_size(args.dataset):
         size = args.limit  # more problems than the default set: generate that many
@@ -182,15 +178,19 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """`command` with bad input reported as one line on stderr and exit status 2."""
+    """`command` with errors reported as one line on stderr, as the main command does: bad input
+    (`powersampling: error: <field>: <message>`) exits with status 2, other failures with 1."""
 
     @functools.wraps(command)
     def guarded(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (_BenchError, PowerSamplingError) as exc:
-            print(f"powersampling bench: error: {exc}", file=sys.stderr)
+        except InvalidArgument as exc:
+            print(f"powersampling: error: {exc.field}: {exc.message}".replace("\n", " "), file=sys.stderr)
             return 2
+        except PowerSamplingError as exc:
+            print(f"powersampling: error: {exc}".replace("\n", " "), file=sys.stderr)
+            return 1
 
     return guarded
 
