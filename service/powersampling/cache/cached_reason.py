@@ -6,22 +6,38 @@ Semantics:
   cache (it asked for a new random draw) and nothing is stored for it (no one could ask for it again).
 * policy "use" reads and writes, "refresh" only writes (overwriting), "bypass" does neither.
 * The cache never fails a request: a cache that errors behaves like an empty one (the Redis cache
-  swallows and logs its own errors; see redis_cache.py).
+  swallows and logs its own errors; see redis_cache.py, and errors of any other cache are caught
+  here). A cache that reports itself unreachable (`available` false) gives status "disabled"; its
+  writes are still attempted, so caching resumes by itself when it comes back.
+* What comes back from the cache is checked against the request before use (chain indices, seeds,
+  lengths against the block plan, token ids against the vocabulary): an entry that does not fit is
+  ignored, never served.
+* Checkpoints are written after every finished block, in block order per chain, at most one write in
+  flight per chain (a slow cache sees only each chain's newest state); the completed answer is
+  written after every checkpoint write has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from powersampling.api import ReasonResult, reason_async
 from powersampling.cache.base import CacheKey, CachePolicy, CacheStatus, ChainCache, NullCache
 from powersampling.cache.keys import request_key
 from powersampling.engines.base import Engine
-from powersampling.events import BlockFinished, EventSink, SamplerEvent
+from powersampling.events import BlockFinished, ChainState, EventSink, SamplerEvent
 from powersampling.params import SamplingParams
+from powersampling.sampler import BudgetPlan, chain_seed
+
+logger = logging.getLogger(__name__)
 
 CacheStatusSink = Callable[[CacheStatus, int], None]  # status, block resumed from (0 if none)
+T = TypeVar("T")
 
 
 async def reason_cached(
@@ -36,6 +52,7 @@ async def reason_cached(
     on_cache_status: CacheStatusSink | None = None,
 ) -> tuple[list[ReasonResult], CacheStatus]:
     """Answer from the cache, resume from checkpoints, or run; returns the results and the status."""
+    started = time.perf_counter()
     report = on_cache_status or (lambda _status, _block: None)
     if cache is None or isinstance(cache, NullCache):
         status = CacheStatus.DISABLED
@@ -50,24 +67,27 @@ async def reason_cached(
         return await reason_async(list(prompt_ids), engine, params, on_event=on_event), status
 
     key = request_key(engine.info.fingerprint, tenant, prompt_ids, params)
-    resume = {}
-    if policy is CachePolicy.USE:
-        completed = await cache.get_completed(key)
-        if completed is not None and len(completed) == params.n:
+    resume: dict[int, ChainState] = {}
+    if policy is CachePolicy.USE and _available(cache):
+        completed = await _quietly(lambda: cache.get_completed(key), None)
+        if completed is not None and _fits_completed(completed, params, engine):
+            results = [dataclasses.replace(r, latency_s=time.perf_counter() - started) for r in completed]
             report(CacheStatus.HIT, 0)
-            return completed, CacheStatus.HIT
-        resume = {i: s for i, s in (await cache.get_checkpoints(key)).items() if i < params.n}
+            return results, CacheStatus.HIT
+        stored = await _quietly(lambda: cache.get_checkpoints(key), {})
+        plan = BudgetPlan.from_params(params)
+        resume = {i: s for i, s in stored.items() if _fits_checkpoint(i, s, params, plan, engine)}
     if resume:
         status = CacheStatus.RESUMED
-    report(status, min((s.blocks_done for s in resume.values()), default=0) if resume else 0)
+    elif not _available(cache):
+        status = CacheStatus.DISABLED
+    report(status, min(s.blocks_done for s in resume.values()) if resume else 0)
 
-    writes: set[asyncio.Task[None]] = set()
+    writer = _CheckpointWriter(cache, key)
 
     def on_sampler_event(event: SamplerEvent) -> None:
         if isinstance(event, BlockFinished):
-            task = asyncio.get_running_loop().create_task(cache.put_checkpoint(key, event.state))
-            writes.add(task)
-            task.add_done_callback(writes.discard)
+            writer.submit(event.state)
         if on_event is not None:
             on_event(event)
 
@@ -76,10 +96,85 @@ async def reason_cached(
             list(prompt_ids), engine, params, on_event=on_sampler_event, resume=resume
         )
     finally:
-        if writes:
-            await asyncio.gather(*writes, return_exceptions=True)
-    await cache.put_completed(key, results)
+        # Checkpoints of finished blocks are kept even when the run fails or is cancelled: a re-sent
+        # request resumes from them.
+        await writer.flush()
+    await _quietly(lambda: cache.put_completed(key, results), None)
     return results, status
+
+
+class _CheckpointWriter:
+    """Writes each chain's newest checkpoint, in order, with at most one write in flight per chain."""
+
+    def __init__(self, cache: ChainCache, key: CacheKey) -> None:
+        self._cache = cache
+        self._key = key
+        self._newest: dict[int, ChainState] = {}
+        self._writers: dict[int, asyncio.Task[None]] = {}
+
+    def submit(self, state: ChainState) -> None:
+        index = state.chain_index
+        self._newest[index] = state
+        if index not in self._writers:
+            self._writers[index] = asyncio.get_running_loop().create_task(self._drain(index))
+
+    async def _drain(self, index: int) -> None:
+        try:
+            while (state := self._newest.pop(index, None)) is not None:
+                await _quietly(lambda s=state: self._cache.put_checkpoint(self._key, s), None)
+        finally:
+            del self._writers[index]
+
+    async def flush(self) -> None:
+        """Wait for the writes under way (each is bounded by the cache's own timeouts)."""
+        if self._writers:
+            await asyncio.gather(*self._writers.values(), return_exceptions=True)
+
+
+def _available(cache: ChainCache) -> bool:
+    # Optional beyond the ChainCache protocol: the Redis cache says when it is skipping Redis.
+    return bool(getattr(cache, "available", True))
+
+
+async def _quietly(call: Callable[[], Awaitable[T]], default: T) -> T:
+    """The call's result, or `default` if the cache raised (it should not; see the module notes)."""
+    try:
+        return await call()
+    except Exception:
+        logger.exception("the cache raised; going on without it")
+        return default
+
+
+def _fits_completed(results: Sequence[ReasonResult], params: SamplingParams, engine: Engine) -> bool:
+    """Whether a stored answer is one of this request: n chains in order, this seed, known tokens."""
+    vocab = engine.vocab_size
+    return len(results) == params.n and all(
+        r.chain_index == i
+        and r.seed == params.seed
+        and len(r.token_ids) <= params.max_new_tokens
+        and all(0 <= t < vocab for t in r.token_ids)
+        for i, r in enumerate(results)
+    )
+
+
+def _fits_checkpoint(
+    index: int, state: ChainState, params: SamplingParams, plan: BudgetPlan, engine: Engine
+) -> bool:
+    """Whether a stored checkpoint can continue chain `index` of this request."""
+    assert params.seed is not None
+    if not (0 <= index < params.n and state.chain_index == index):
+        return False
+    if state.seed != chain_seed(params.seed, index) or not 1 <= state.blocks_done <= plan.num_blocks:
+        return False
+    length = len(state.token_ids)
+    if not length == len(state.logp) == len(state.logq) or length > plan.block_target(state.blocks_done - 1):
+        return False
+    if state.tokens_spent < length or (
+        params.token_budget is not None and state.tokens_spent > params.token_budget
+    ):
+        return False
+    vocab = engine.vocab_size
+    return all(0 <= t < vocab for t in state.token_ids)
 
 
 __all__ = ["CacheKey", "CachePolicy", "CacheStatus", "reason_cached"]

@@ -1,0 +1,867 @@
+"""`RedisChainCache`: completed answers and per-block checkpoints in Redis (standalone or Cluster).
+
+Key layout (one request = one hash tag, so a request's keys share a Cluster slot):
+
+    powersampling:v1:{tenant-hash}:{<digest>}:done     string  the completed answer (all n chains)
+    powersampling:v1:{tenant-hash}:{<digest>}:chains   hash    field "<i>": chain i's last checkpoint
+
+`tenant-hash` is the first 16 hex digits of a sha256 of the tenant name, so no tenant name (":", "*",
+"{", ...) can escape its namespace; the tenant also enters the request digest, so one tenant can never
+read another's entries. Only the last finished block of each chain is kept (each write overwrites
+the chain's field); writing the completed answer deletes the checkpoints in the same transaction.
+
+Values are msgpack: an envelope map {"v": schema version, "type": "chain" | "done", "key": the
+request digest (32 bytes), "body": msgpack bytes, "check": 8-byte BLAKE2b of the body}, whose body is
+a map of the fields (see `encode_checkpoint`, `encode_completed`). Token ids and log-probabilities
+travel as packed little-endian arrays, float32 when that is lossless and float64 otherwise, so a
+resumed chain sees bit-identical numbers. Every value read is validated (envelope, checksum, types,
+ranges, consistent lengths, finite floats); one that fails (garbage, another version, truncated,
+inconsistent, written for another key, another Redis type) is logged, deleted and treated as absent.
+Nothing is ever unpickled.
+
+Failure behaviour: every Redis call has short socket timeouts and a hard deadline, no retries, and a
+circuit breaker: after a connection failure or timeout Redis is skipped for a cool-down (doubling up
+to `max_cooldown_s` while it stays down), then one call tries it again. While skipped or failing, reads
+return "absent" and writes are dropped, so requests run without the cache and caching resumes by itself
+once Redis answers again. Repeated errors are logged at most once per `log_interval_s` per kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import msgpack
+import numpy as np
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
+
+from powersampling.api import ReasonResult
+from powersampling.cache.base import CacheKey
+from powersampling.events import ChainState
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "powersampling:v1"  # bump the "v1" together with VALUE_VERSION on incompatible changes
+VALUE_VERSION = 1
+CHECKPOINT_TYPE = "chain"
+COMPLETED_TYPE = "done"
+
+DEFAULT_TTL_S = 24 * 3600.0
+DEFAULT_PARTIAL_TTL_S = 3600.0
+DEFAULT_MAX_VALUE_BYTES = 4 << 20
+DEFAULT_TIMEOUT_S = 0.1
+
+_MAX_INT = 2**63 - 1
+_MAX_CHAIN_INDEX = 2**31 - 1
+_MAX_TOKEN_ID = 2**32 - 1
+_MAX_STR = 1 << 16  # model, engine and method names; the answer's text is bounded by the value size
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_FINISH_REASONS_OPEN = (None, "eos", "stop")
+_FINISH_REASONS_DONE = ("eos", "stop", "length")
+
+RedisClient = Redis | RedisCluster
+T = TypeVar("T")
+
+
+class InvalidValue(ValueError):
+    """A stored value that is not a valid entry of this schema version for this key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Value format
+# ---------------------------------------------------------------------------------------------
+
+
+def _pack_ids(token_ids: Sequence[int]) -> bytes:
+    ids = np.asarray(token_ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > _MAX_TOKEN_ID):
+        raise ValueError("token ids must fit an unsigned 32-bit integer")
+    return ids.astype("<u4").tobytes()
+
+
+def _pack_floats(*arrays: Sequence[float]) -> tuple[str, list[bytes]]:
+    """Pack float arrays as float32 when every value survives the round trip, else float64."""
+    values = [np.asarray(a, dtype=np.float64) for a in arrays]
+    for v in values:
+        if not np.isfinite(v).all():
+            raise ValueError("log-probabilities must be finite")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range is simply not lossless
+        lossless = all(np.array_equal(v.astype(np.float32).astype(np.float64), v) for v in values)
+    dtype = "<f4" if lossless else "<f8"
+    return dtype, [v.astype(dtype).tobytes() for v in values]
+
+
+def _seal(digest: str, value_type: str, body: dict[str, Any]) -> bytes:
+    """The envelope: version, type tag and request digest in clear, the body with its checksum."""
+    packed = msgpack.packb(body, use_bin_type=True)
+    return msgpack.packb(
+        {
+            "v": VALUE_VERSION,
+            "type": value_type,
+            "key": bytes.fromhex(digest),
+            "body": packed,
+            "check": _checksum(packed),
+        },
+        use_bin_type=True,
+    )
+
+
+def _checksum(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=8).digest()
+
+
+def _open(data: bytes, value_type: str, digest: str) -> dict[str, Any]:
+    """The body of a sealed value, after checking its envelope; InvalidValue otherwise."""
+    envelope = _unpack_map(data, "value")
+    if envelope.get("v") != VALUE_VERSION:
+        raise InvalidValue(f"schema version {envelope.get('v')!r:.40}, expected {VALUE_VERSION}")
+    if envelope.get("type") != value_type:
+        raise InvalidValue(f"type {envelope.get('type')!r:.40}, expected {value_type!r}")
+    if envelope.get("key") != bytes.fromhex(digest):
+        raise InvalidValue("written for another request")
+    body = envelope.get("body")
+    if not isinstance(body, bytes) or envelope.get("check") != _checksum(body):
+        raise InvalidValue("checksum mismatch")
+    return _unpack_map(body, "body")
+
+
+def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many kinds on garbage
+        raise InvalidValue(f"{what} is not msgpack ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise InvalidValue(f"{what} is not a map but {type(value).__name__}")
+    return value
+
+
+def encode_checkpoint(digest: str, state: ChainState) -> bytes:
+    """The value stored for a chain's checkpoint; ValueError if `state` cannot be stored faithfully."""
+    if not len(state.token_ids) == len(state.logp) == len(state.logq):
+        raise ValueError("token_ids, logp and logq differ in length")
+    float_dtype, (logp, logq) = _pack_floats(state.logp, state.logq)
+    return _seal(
+        digest,
+        CHECKPOINT_TYPE,
+        {
+            "chain_index": state.chain_index,
+            "seed": state.seed,
+            "blocks_done": state.blocks_done,
+            "token_ids": _pack_ids(state.token_ids),
+            "float_dtype": float_dtype,
+            "logp": logp,
+            "logq": logq,
+            "finish_reason": state.finish_reason,
+            "tokens_spent": state.tokens_spent,
+            "mcmc_steps": state.mcmc_steps,
+            "accepted_steps": state.accepted_steps,
+            "changed_steps": state.changed_steps,
+            "skipped_steps": state.skipped_steps,
+        },
+    )
+
+
+def encode_completed(digest: str, results: Sequence[ReasonResult]) -> bytes:
+    """The value stored for a completed answer (every chain's ReasonResult, in chain order)."""
+    entries = []
+    for r in results:
+        entry: dict[str, Any] = {name: getattr(r, name) for name in _RESULT_FIELDS}
+        entry["token_ids"] = _pack_ids(r.token_ids)
+        for name, check in _RESULT_FIELDS.items():  # refuse to store what a reader would reject
+            check(entry[name], name)
+        entries.append(entry)
+    return _seal(digest, COMPLETED_TYPE, {"results": entries})
+
+
+def _int(value: object, name: str, low: int = 0, high: int = _MAX_INT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidValue(f"{name}: expected an integer in [{low}, {high}], got {value!r:.40}")
+    return value
+
+
+def _opt_int(value: object, name: str) -> int | None:
+    return None if value is None else _int(value, name)
+
+
+def _float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidValue(f"{name}: expected a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _rate(value: object, name: str) -> float:
+    rate = _float(value, name)
+    if not 0.0 <= rate <= 1.0:
+        raise InvalidValue(f"{name}: expected a rate in [0, 1], got {rate}")
+    return rate
+
+
+def _str(value: object, name: str, max_len: int = _MAX_STR) -> str:
+    if not isinstance(value, str) or len(value) > max_len:
+        raise InvalidValue(f"{name}: expected a string of at most {max_len} characters")
+    return value
+
+
+def _text(value: object, name: str) -> str:
+    return _str(value, name, max_len=_MAX_INT)
+
+
+def _choice(*allowed: str | None) -> Callable[[object, str], Any]:
+    def check(value: object, name: str) -> Any:
+        if value not in allowed:
+            raise InvalidValue(f"{name}: {value!r:.40} is not one of {allowed}")
+        return value
+
+    return check
+
+
+def _bin(value: object, name: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise InvalidValue(f"{name}: expected bytes")
+    return value
+
+
+def _ids(value: object, name: str) -> list[int]:
+    raw = _bin(value, name)
+    if len(raw) % 4:
+        raise InvalidValue(f"{name}: {len(raw)} bytes is not a whole number of uint32")
+    return [int(t) for t in np.frombuffer(raw, dtype="<u4")]
+
+
+def _floats(value: object, name: str, dtype: str) -> tuple[float, ...]:
+    raw = _bin(value, name)
+    width = np.dtype(dtype).itemsize
+    if len(raw) % width:
+        raise InvalidValue(f"{name}: {len(raw)} bytes is not a whole number of {dtype}")
+    array = np.frombuffer(raw, dtype=dtype).astype(np.float64)
+    if not np.isfinite(array).all():
+        raise InvalidValue(f"{name}: holds a value that is not finite")
+    return tuple(array.tolist())
+
+
+# Every field of ReasonResult and its check; `token_ids` is packed like a checkpoint's.
+_RESULT_FIELDS: dict[str, Callable[[object, str], Any]] = {
+    "text": _text,
+    "token_ids": _bin,
+    "finish_reason": _choice(*_FINISH_REASONS_DONE),
+    "tokens_spent": _int,
+    "token_budget": _opt_int,
+    "mcmc_steps": _int,
+    "accepted_steps": _int,
+    "changed_steps": _int,
+    "skipped_steps": _int,
+    "acceptance_rate": _rate,
+    "change_rate": _rate,
+    "log_prob": _float,
+    "latency_s": _float,
+    "model": _str,
+    "engine": _str,
+    "method": _str,
+    "alpha": _float,
+    "proposal_temperature": _float,
+    "seed": _int,
+    "chain_index": lambda v, name: _int(v, name, high=_MAX_CHAIN_INDEX),
+    "prompt_tokens": _int,
+    "resumed_from_block": _int,
+}
+assert set(_RESULT_FIELDS) == {f.name for f in fields(ReasonResult)}, "ReasonResult changed: update"
+
+
+def decode_checkpoint(digest: str, data: bytes, chain_index: int | None = None) -> ChainState:
+    """A checkpoint read back, validated; InvalidValue if it is not one (for `chain_index`, if given)."""
+    value = _open(data, CHECKPOINT_TYPE, digest)
+    try:
+        index = _int(value["chain_index"], "chain_index", high=_MAX_CHAIN_INDEX)
+        if chain_index is not None and index != chain_index:
+            raise InvalidValue(f"chain_index {index} stored under chain {chain_index}")
+        float_dtype = _choice("<f4", "<f8")(value["float_dtype"], "float_dtype")
+        token_ids = _ids(value["token_ids"], "token_ids")
+        logp = _floats(value["logp"], "logp", float_dtype)
+        logq = _floats(value["logq"], "logq", float_dtype)
+        if not len(token_ids) == len(logp) == len(logq):
+            raise InvalidValue(f"lengths differ: {len(token_ids)} tokens, {len(logp)} logp, {len(logq)} logq")
+        finish_reason = _choice(*_FINISH_REASONS_OPEN)(value["finish_reason"], "finish_reason")
+        counters = {
+            name: _int(value[name], name)
+            for name in ("tokens_spent", "mcmc_steps", "accepted_steps", "changed_steps", "skipped_steps")
+        }
+        if not counters["changed_steps"] <= counters["accepted_steps"] <= counters["mcmc_steps"]:
+            raise InvalidValue("step counters are inconsistent")
+        return ChainState(
+            chain_index=index,
+            seed=_int(value["seed"], "seed"),
+            blocks_done=_int(value["blocks_done"], "blocks_done"),
+            token_ids=tuple(token_ids),
+            logp=logp,
+            logq=logq,
+            ended=finish_reason is not None,
+            finish_reason=finish_reason,
+            **counters,
+        )
+    except KeyError as exc:
+        raise InvalidValue(f"missing field {exc}") from None
+
+
+def decode_completed(digest: str, data: bytes) -> list[ReasonResult]:
+    """A completed answer read back, validated; InvalidValue if it is not one."""
+    value = _open(data, COMPLETED_TYPE, digest)
+    entries = value.get("results")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidValue("results: expected a non-empty list")
+    results = []
+    try:
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise InvalidValue(f"results[{i}]: not a map")
+            checked = {name: check(entry[name], name) for name, check in _RESULT_FIELDS.items()}
+            checked["token_ids"] = _ids(checked["token_ids"], "token_ids")
+            if checked["chain_index"] != i:
+                raise InvalidValue(f"results[{i}] holds chain {checked['chain_index']}")
+            results.append(ReasonResult(**checked))
+    except KeyError as exc:
+        raise InvalidValue(f"missing field {exc}") from None
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------
+
+
+def tenant_hash(tenant: str) -> str:
+    """16 hex digits naming a tenant's key namespace (any tenant name, no escaping needed)."""
+    name = tenant.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(b"powersampling-tenant\0" + name).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """The Redis keys of one request."""
+
+    done: str
+    chains: str
+
+    @classmethod
+    def of(cls, key: CacheKey) -> RedisKeys:
+        if not _DIGEST.fullmatch(key.digest):
+            raise ValueError(f"a cache key digest is 64 lowercase hex digits, got {key.digest!r:.80}")
+        base = f"{KEY_PREFIX}:{tenant_hash(key.tenant)}:{{{key.digest}}}"
+        return cls(done=f"{base}:done", chains=f"{base}:chains")
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure handling
+# ---------------------------------------------------------------------------------------------
+
+
+class CircuitBreaker:
+    """Skips Redis for a cool-down after a failure, then lets one trial call through.
+
+    The cool-down doubles with each failed trial (up to `max_cooldown_s`) and resets on success.
+    Failures reported while the breaker is already open (calls that were in flight when Redis went
+    away) do not lengthen it.
+    """
+
+    def __init__(
+        self, cooldown_s: float, max_cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cooldown_s = cooldown_s
+        self.max_cooldown_s = max(max_cooldown_s, cooldown_s)
+        self._clock = clock
+        self._open_until: float | None = None
+        self._trips = 0
+        self._trial_in_flight = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether calls go through normally (no recent failure)."""
+        return self._open_until is None
+
+    def ready(self) -> bool:
+        """Whether `allow` would let a call through now (without claiming the trial)."""
+        return self._open_until is None or (not self._trial_in_flight and self._clock() >= self._open_until)
+
+    @property
+    def open_for_s(self) -> float:
+        """Seconds left before the next trial (0 when closed or due)."""
+        return 0.0 if self._open_until is None else max(0.0, self._open_until - self._clock())
+
+    def allow(self) -> bool:
+        """Whether a call may go to Redis now (when open, at most one trial after the cool-down)."""
+        if self._open_until is None:
+            return True
+        if self._trial_in_flight or self._clock() < self._open_until:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def abandon(self) -> None:
+        """A call let through ended without telling anything about Redis (it was cancelled)."""
+        self._trial_in_flight = False
+
+    def success(self) -> None:
+        self._open_until = None
+        self._trips = 0
+        self._trial_in_flight = False
+
+    def failure(self) -> None:
+        now = self._clock()
+        if self._open_until is not None and not self._trial_in_flight and now < self._open_until:
+            return
+        cooldown = min(self.max_cooldown_s, self.cooldown_s * 2.0 ** min(self._trips, 30))
+        self._trips += 1
+        self._open_until = now + cooldown
+        self._trial_in_flight = False
+
+
+class RateLimitedLog:
+    """Logs a warning of each kind at most once per `interval_s`, counting the ones left out."""
+
+    def __init__(self, log: logging.Logger, interval_s: float, clock: Callable[[], float] = time.monotonic):
+        self._log = log
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = self._clock()
+        last, suppressed = self._last.get(kind, (-math.inf, 0))
+        if now - last < self._interval_s:
+            self._last[kind] = (last, suppressed + 1)
+            return
+        self._last[kind] = (now, 0)
+        if suppressed:
+            message += " (%d similar message(s) not logged)"
+            args = (*args, suppressed)
+        self._log.warning(message, *args)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by '***' (for logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# Errors that mean "Redis is not answering": they open the circuit breaker. Other RedisErrors (a
+# ResponseError such as OOM or WRONGTYPE) concern one command and are logged only.
+_UNAVAILABLE = (OSError, TimeoutError, ClusterError, RedisClusterException)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, _UNAVAILABLE) or (
+        isinstance(exc, RedisError) and not isinstance(exc, ResponseError)
+    )
+
+
+class _Failed:
+    """Marks a call that did not reach Redis or failed there."""
+
+
+_FAILED = _Failed()
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisCacheSettings:
+    """Bounds and timeouts of a RedisChainCache."""
+
+    ttl_s: float = DEFAULT_TTL_S  # completed answers
+    partial_ttl_s: float = DEFAULT_PARTIAL_TTL_S  # per-chain checkpoints, refreshed on every write
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES  # larger values are not stored
+    timeout_s: float = DEFAULT_TIMEOUT_S  # socket read timeout (and connect timeout, unless given)
+    connect_timeout_s: float | None = None  # None: timeout_s
+    cooldown_s: float = 1.0  # Redis is skipped this long after a failure (doubling while down)
+    max_cooldown_s: float = 30.0
+    log_interval_s: float = 30.0  # the same kind of warning is logged at most once per interval
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout_s is None:
+            object.__setattr__(self, "connect_timeout_s", self.timeout_s)
+        for name in (
+            "ttl_s",
+            "partial_ttl_s",
+            "timeout_s",
+            "connect_timeout_s",
+            "cooldown_s",
+            "max_cooldown_s",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(self.max_value_bytes, int) or self.max_value_bytes < 1024:
+            raise ValueError(f"max_value_bytes must be an integer >= 1024, got {self.max_value_bytes!r}")
+
+    @property
+    def deadline_s(self) -> float:
+        """Hard bound on one cache call: a connect, then a write and a read within timeout_s each."""
+        assert self.connect_timeout_s is not None
+        return self.connect_timeout_s + 2 * self.timeout_s
+
+    @property
+    def ttl_ms(self) -> int:
+        return max(1, round(self.ttl_s * 1000))
+
+    @property
+    def partial_ttl_ms(self) -> int:
+        return max(1, round(self.partial_ttl_s * 1000))
+
+
+class RedisChainCache:
+    """ChainCache on Redis (`redis.asyncio`); never raises to the caller, never blocks the loop.
+
+    Build it with `from_url` (or `from_client` around an existing client). The client is created
+    lazily on first use, in the running event loop, and is bound to that loop.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[RedisClient]],
+        settings: RedisCacheSettings | None = None,
+        *,
+        name: str = "redis",
+    ) -> None:
+        self.settings = settings or RedisCacheSettings()
+        self.name = name
+        self._connect = connect
+        self._client: RedisClient | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.breaker = CircuitBreaker(self.settings.cooldown_s, self.settings.max_cooldown_s)
+        self._log = RateLimitedLog(logger, self.settings.log_interval_s)
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        partial_ttl_s: float = DEFAULT_PARTIAL_TTL_S,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        connect_timeout_s: float | None = None,
+        cluster: bool | None = None,
+        cooldown_s: float = 1.0,
+        max_cooldown_s: float = 30.0,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_check_hostname: bool | None = None,
+        max_connections: int | None = None,
+    ) -> RedisChainCache:
+        """A cache on the Redis at `url` (`redis://[user:password@]host:port/db` or `rediss://` for TLS).
+
+        `cluster`: True for Redis Cluster, False for a single server (or a proxy), None to ask the
+        server on first use (`INFO cluster`). The ssl_* options apply to `rediss://` URLs: a CA bundle
+        to verify the server, and a client certificate and key for mutual TLS. `connect_timeout_s`
+        defaults to `timeout_s`, or to 5 × `timeout_s` for TLS, whose handshake takes extra round
+        trips and client-side set-up (redis-py loads the CA store for every new connection, ~0.1 s).
+        Nothing connects here.
+        """
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://: {redact_url(url)!r}")
+        if connect_timeout_s is None:
+            connect_timeout_s = 5 * timeout_s if scheme == "rediss" else timeout_s
+        settings = RedisCacheSettings(
+            ttl_s=ttl_s,
+            partial_ttl_s=partial_ttl_s,
+            max_value_bytes=max_value_bytes,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            cooldown_s=cooldown_s,
+            max_cooldown_s=max_cooldown_s,
+        )
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout_s,
+            "socket_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),  # the circuit breaker decides when to try again
+            "health_check_interval": 0,
+        }
+        if scheme == "rediss":
+            for option, value in (
+                ("ssl_ca_certs", ssl_ca_certs),
+                ("ssl_certfile", ssl_certfile),
+                ("ssl_keyfile", ssl_keyfile),
+                ("ssl_check_hostname", ssl_check_hostname),
+            ):
+                if value is not None:
+                    options[option] = value
+        elif any(v is not None for v in (ssl_ca_certs, ssl_certfile, ssl_keyfile)):
+            raise ValueError("ssl_* options need a rediss:// URL")
+
+        def standalone() -> Redis:
+            extra = {"max_connections": max_connections} if max_connections else {}
+            return Redis.from_url(url, **options, **extra)
+
+        def clustered() -> RedisCluster:
+            extra = {"max_connections": max_connections} if max_connections else {}
+            return RedisCluster.from_url(url, **options, **extra)
+
+        async def connect() -> RedisClient:
+            if cluster is True:
+                return clustered()
+            client = standalone()
+            if cluster is False:
+                return client
+            try:
+                info = await client.info("cluster")
+            except BaseException:
+                await client.aclose()
+                raise
+            if not info.get("cluster_enabled"):
+                return client
+            await client.aclose()
+            return clustered()
+
+        return cls(connect, settings, name=redact_url(url))
+
+    @classmethod
+    def from_client(cls, client: RedisClient, **settings: Any) -> RedisChainCache:
+        """A cache on an existing client (its own timeouts and retries apply, plus the deadline)."""
+
+        async def connect() -> RedisClient:
+            return client
+
+        return cls(connect, RedisCacheSettings(**settings), name=type(client).__name__)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False while Redis is being skipped after a failure (reads are then empty, writes dropped);
+        true again once the cool-down has passed and the next call may try Redis."""
+        return self.breaker.ready()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await _close_quietly(client)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- ChainCache ------------------------------------------------------------------------------
+
+    async def get_completed(self, key: CacheKey) -> list[ReasonResult] | None:
+        keys = self._keys(key)
+        if keys is None:
+            return None
+        raw = await self._call("read a completed answer", lambda r: r.get(keys.done), foreign=keys.done)
+        if raw is None or isinstance(raw, _Failed):
+            return None
+        try:
+            return decode_completed(key.digest, raw)
+        except InvalidValue as exc:
+            await self._discard(keys.done, None, exc)
+            return None
+
+    async def put_completed(self, key: CacheKey, results: Sequence[ReasonResult]) -> None:
+        keys = self._keys(key)
+        if keys is None or not results or not self.breaker.ready():
+            return
+        value = self._encoded(lambda: encode_completed(key.digest, results), "completed answer")
+        if value is None:
+            return  # the checkpoints stay: they hold each chain's final state and resume at no cost
+
+        async def write(r: RedisClient) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.set(keys.done, value, px=self.settings.ttl_ms)
+                pipe.delete(keys.chains)
+                await pipe.execute()
+
+        await self._call("write a completed answer", write)
+
+    async def get_checkpoints(self, key: CacheKey) -> dict[int, ChainState]:
+        keys = self._keys(key)
+        if keys is None:
+            return {}
+        raw = await self._call("read checkpoints", lambda r: r.hgetall(keys.chains), foreign=keys.chains)
+        if not isinstance(raw, dict):
+            return {}
+        states: dict[int, ChainState] = {}
+        for field, data in raw.items():
+            try:
+                index = _field_index(field)
+                states[index] = decode_checkpoint(key.digest, data, index)
+            except InvalidValue as exc:
+                await self._discard(keys.chains, field, exc)
+        return states
+
+    async def put_checkpoint(self, key: CacheKey, state: ChainState) -> None:
+        keys = self._keys(key)
+        if keys is None or not 0 <= state.chain_index <= _MAX_CHAIN_INDEX or not self.breaker.ready():
+            return
+        value = self._encoded(lambda: encode_checkpoint(key.digest, state), "checkpoint")
+        if value is None:
+            return
+
+        async def write(r: RedisClient) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.chains, str(state.chain_index), value)
+                pipe.pexpire(keys.chains, self.settings.partial_ttl_ms)
+                await pipe.execute()
+
+        await self._call("write a checkpoint", write)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _keys(self, key: CacheKey) -> RedisKeys | None:
+        try:
+            return RedisKeys.of(key)
+        except ValueError as exc:
+            self._log.warning("bad-key", "not caching: %s", exc)
+            return None
+
+    def _encoded(self, encode: Callable[[], bytes], what: str) -> bytes | None:
+        try:
+            value = encode()
+        except (ValueError, TypeError, OverflowError) as exc:
+            self._log.warning("unencodable", "not caching a %s: %s", what, exc)
+            return None
+        if len(value) > self.settings.max_value_bytes:
+            self._log.warning(
+                "too-large",
+                "not caching a %s of %d bytes (max_value_bytes is %d)",
+                what,
+                len(value),
+                self.settings.max_value_bytes,
+            )
+            return None
+        return value
+
+    async def _discard(self, key: str, field: bytes | None, reason: InvalidValue) -> None:
+        """Log and delete an invalid entry (the next run would overwrite it anyway)."""
+        where = key if field is None else f"{key} field {field!r:.40}"
+        self._log.warning("invalid-value", "ignoring an invalid cache entry at %s: %s", where, reason)
+        if field is None:
+            await self._call("delete an invalid entry", lambda r: r.delete(key))
+        else:
+            await self._call("delete an invalid entry", lambda r: r.hdel(key, field))
+
+    async def _client_for_call(self) -> RedisClient:
+        if self._client is None:
+            if self._connecting is None:
+                self._connecting = asyncio.Lock()
+            async with self._connecting:
+                if self._client is None:
+                    self._client = await self._connect()
+        return self._client
+
+    async def _call(
+        self,
+        what: str,
+        command: Callable[[RedisClient], Awaitable[T]],
+        *,
+        foreign: str | None = None,
+    ) -> T | _Failed:
+        """Run one Redis call under the breaker and the deadline; _FAILED instead of raising.
+
+        `foreign`: the key read, deleted if it holds a value of another Redis type (WRONGTYPE).
+        """
+        if not self.breaker.allow():
+            return _FAILED
+        client: RedisClient | None = None
+        try:
+            async with asyncio.timeout(self.settings.deadline_s):
+                client = await self._client_for_call()
+                result = await command(client)
+        except Exception as exc:
+            await self._failed(what, exc, foreign, client)
+            return _FAILED
+        except BaseException:
+            self.breaker.abandon()  # cancelled by our caller: no verdict on Redis
+            raise
+        self.breaker.success()
+        return result
+
+    async def _failed(
+        self, what: str, exc: Exception, foreign: str | None, client: RedisClient | None
+    ) -> None:
+        if _is_unavailable(exc) or not isinstance(exc, RedisError):
+            self._unavailable(what, exc)
+            self._drop_client(client)
+            return
+        self.breaker.success()  # Redis answered, with an error about this one command
+        if foreign is not None and str(exc).startswith("WRONGTYPE"):
+            self._log.warning("invalid-value", "ignoring a foreign value at %s: %s", foreign, exc)
+            await self._call("delete a foreign value", lambda r: r.delete(foreign))
+        else:
+            self._log.warning(f"error:{what}", "Redis cache %s could not %s: %s", self.name, what, exc)
+
+    def _unavailable(self, what: str, exc: BaseException) -> None:
+        self.breaker.failure()
+        self._log.warning(
+            "unavailable",
+            "Redis cache %s unavailable (could not %s: %s: %s); running without it, next try in %.1f s",
+            self.name,
+            what,
+            type(exc).__name__,
+            exc,
+            self.breaker.open_for_s,
+        )
+
+    def _drop_client(self, client: RedisClient | None) -> None:
+        """Forget a client whose Redis failed: its pooled connections may all be dead (a restarted
+        server), so the next trial starts from fresh connections (and, for cluster=None, a fresh
+        detection). Its connections close in the background."""
+        if client is None or client is not self._client:
+            return
+        self._client = None
+        task = asyncio.get_running_loop().create_task(_close_quietly(client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+async def _close_quietly(client: RedisClient) -> None:
+    try:
+        await client.aclose()
+    except Exception as exc:  # closing a broken connection may fail too
+        logger.debug("closing a Redis client failed: %s", exc)
+
+
+def _field_index(field: object) -> int:
+    text = field.decode("ascii", "replace") if isinstance(field, bytes) else str(field)
+    if not text.isdigit() or str(int(text)) != text or int(text) > _MAX_CHAIN_INDEX:
+        raise InvalidValue(f"field {text!r:.40} is not a chain index")
+    return int(text)
+
+
+__all__ = [
+    "KEY_PREFIX",
+    "VALUE_VERSION",
+    "CircuitBreaker",
+    "InvalidValue",
+    "RedisCacheSettings",
+    "RedisChainCache",
+    "RedisKeys",
+    "decode_checkpoint",
+    "decode_completed",
+    "encode_checkpoint",
+    "encode_completed",
+    "redact_url",
+    "tenant_hash",
+]
