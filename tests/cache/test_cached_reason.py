@@ -77,8 +77,7 @@ async def test_a_repeated_seeded_request_is_answered_without_the_engine(
     assert status is CacheStatus.HIT and reported == [(CacheStatus.HIT, 0)]
     assert (engine.batches_run, engine.tokens_generated) == (batches, tokens)
     assert events == []
-    assert answer(second) == answer(first)
-    assert second[0].latency_s < first[0].latency_s
+    assert second == first  # as stored, latency of the producing run included
     await cache.close()
 
 

@@ -20,9 +20,7 @@ Semantics:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -52,7 +50,6 @@ async def reason_cached(
     on_cache_status: CacheStatusSink | None = None,
 ) -> tuple[list[ReasonResult], CacheStatus]:
     """Answer from the cache, resume from checkpoints, or run; returns the results and the status."""
-    started = time.perf_counter()
     report = on_cache_status or (lambda _status, _block: None)
     if cache is None or isinstance(cache, NullCache):
         status = CacheStatus.DISABLED
@@ -71,9 +68,9 @@ async def reason_cached(
     if policy is CachePolicy.USE and _available(cache):
         completed = await _quietly(lambda: cache.get_completed(key), None)
         if completed is not None and _fits_completed(completed, params, engine):
-            results = [dataclasses.replace(r, latency_s=time.perf_counter() - started) for r in completed]
+            # Served as stored: latency_s and the statistics are those of the run that produced it.
             report(CacheStatus.HIT, 0)
-            return results, CacheStatus.HIT
+            return completed, CacheStatus.HIT
         stored = await _quietly(lambda: cache.get_checkpoints(key), {})
         plan = BudgetPlan.from_params(params)
         resume = {i: s for i, s in stored.items() if _fits_checkpoint(i, s, params, plan, engine)}
