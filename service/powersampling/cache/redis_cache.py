@@ -237,7 +237,7 @@ def _ids(value: object, name: str) -> list[int]:
     raw = _bin(value, name)
     if len(raw) % 4:
         raise InvalidValue(f"{name}: {len(raw)} bytes is not a whole number of uint32")
-    return [int(t) for t in np.frombuffer(raw, dtype="<u4")]
+    return np.frombuffer(raw, dtype="<u4").tolist()  # type: ignore[no-any-return]
 
 
 def _floats(value: object, name: str, dtype: str) -> tuple[float, ...]:
