@@ -16,6 +16,7 @@ from powersampling.engines.toy import ToyEngine
 from powersampling.params import SamplingParams
 
 REDIS_SERVER = shutil.which("redis-server")
+TOY_FINGERPRINT = "toy-cache-tests"
 
 
 def free_port() -> int:
@@ -106,7 +107,7 @@ def make_engine(**options: object) -> ToyEngine:
         eos_id=5,
         next_token_logprobs=toy_table,
         token_strings=["a", "b", "c", "d", "e", "<eos>"],
-        fingerprint="toy-cache-tests",
+        fingerprint=TOY_FINGERPRINT,
         **options,  # type: ignore[arg-type]
     )
 

@@ -398,3 +398,16 @@ async def test_tls(tmp_path: Path, tls_files: dict[str, str]) -> None:
         await untrusted.close()
     finally:
         server.stop()
+
+
+async def test_detection_falls_back_to_one_server_without_info(tmp_path: Path) -> None:
+    """Proxies and some managed services refuse INFO: cluster=None then talks to one server."""
+    server = RedisServer(tmp_path / "redis", "--rename-command", "INFO", "").start()
+    try:
+        cache = RedisChainCache.from_url(server.url)  # cluster=None
+        await cache.put_checkpoint(KEY, state())
+        assert await cache.get_checkpoints(KEY) == {0: state()}
+        assert isinstance(cache._client, Redis)
+        await cache.close()
+    finally:
+        server.stop()

@@ -630,6 +630,8 @@ class RedisChainCache:
                 return client
             try:
                 info = await client.info("cluster")
+            except ResponseError:
+                return client  # a proxy or managed service without INFO: talk to it as one server
             except BaseException:
                 await client.aclose()
                 raise
