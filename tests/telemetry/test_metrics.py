@@ -121,3 +121,14 @@ async def test_errors_are_labelled(reader: InMemoryMetricReader) -> None:
     ((attrs, _),) = m["gen_ai.server.request.duration"][1]
     assert attrs["error.type"] == "TimeoutError"
     assert "powersampling.acceptance_rate" not in m
+
+
+async def test_exemplars_point_at_the_request_trace(reader: InMemoryMetricReader) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(span_exporter=exporter, metric_reader=reader)
+    await drive(telemetry, small_params())
+    (reason,) = [s for s in exporter.get_finished_spans() if s.name == "Reason"]
+    ((_, point),) = collect(reader)["powersampling.request.duration"][1]
+    assert [e.trace_id for e in point.exemplars] == [reason.context.trace_id]

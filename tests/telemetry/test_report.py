@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import MessageToDict
+from powersampling.errors import InvalidArgument
 from powersampling.telemetry import otel
 from powersampling.telemetry.otel import setup_telemetry
 from powersampling.telemetry.report import (
@@ -71,6 +72,24 @@ async def test_report_draws_a_png_from_a_real_runs_spans(
     assert "Latency by acceptance rate" in text and "no MCMC steps" in text
 
 
+async def test_powersampling_report_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = pytest.importorskip("powersampling.cli")
+    spans = tmp_path / "spans.jsonl"
+    monkeypatch.setenv(otel.TRACES_FILE_ENV, str(spans))
+    telemetry = setup_telemetry()
+    await run_workload(telemetry)
+    telemetry.shutdown()
+    out = tmp_path / "latency_vs_acceptance.png"
+    assert cli.main(["report", str(spans), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC) and out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert all(f"\n{m} " in printed for m in ("power", "sample", "greedy", "low-temp"))
+    assert cli.main(["report", str(tmp_path / "nope.jsonl")]) == 2
+    assert "spans: no such file" in capsys.readouterr().err
+
+
 async def test_report_reads_the_collectors_otlp_json(
     monkeypatch: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
@@ -96,7 +115,8 @@ def test_report_without_request_spans_fails_cleanly(tmp_path: Path) -> None:
     empty.write_text('{"not": "a span"}\n\nnot json\n')
     assert run_report(report_args(empty, out=tmp_path / "x.png"), stdout=io.StringIO()) == 1
     assert not (tmp_path / "x.png").exists()
-    assert run_report(report_args(tmp_path / "missing.jsonl", out=tmp_path / "x.png")) == 2
+    with pytest.raises(InvalidArgument, match="no such file"):
+        run_report(report_args(tmp_path / "missing.jsonl", out=tmp_path / "x.png"))
 
 
 def test_percentile_and_summary_of_no_rows() -> None:

@@ -333,6 +333,7 @@ class OtelTelemetry:
             M_CACHE_MISSES, "{request}", "Cacheable requests that found nothing stored"
         )
         self.queue_depth = meter.create_gauge(M_QUEUE_DEPTH, "{request}", "Requests waiting for admission")
+        self.queue_depth.set(0)  # the series exists (at 0) before the first request ever waits
         self.rejections = meter.create_counter(
             M_REJECTIONS, "{request}", "Requests refused by admission control, by reason"
         )
@@ -519,7 +520,7 @@ class _RequestObserver:
         if self._first_event_s is not None or self._finished:
             return
         self._first_event_s = time.perf_counter() - self._started
-        self._t.time_to_first_event.record(self._first_event_s, self._metric_attrs)
+        self._t.time_to_first_event.record(self._first_event_s, self._metric_attrs, self._exemplar_ctx())
         if self._tracing:
             self._span.set_attribute("powersampling.time_to_first_event_s", self._first_event_s)
             self._span.add_event(FIRST_EVENT_SENT_EVENT)
@@ -706,14 +707,19 @@ class _RequestObserver:
             span.set_status(Status(StatusCode.ERROR, _describe(error)))
         span.end()
 
+    def _exemplar_ctx(self) -> otel_context.Context | None:
+        """Measurements carry the request span's context, so exemplars point at its trace."""
+        return self._request_ctx if self._tracing else None
+
     def _record_metrics(self, summary: _Summary, duration_s: float, error: BaseException | None) -> None:
         t = self._t
+        ctx = self._exemplar_ctx()
         attrs = dict(self._metric_attrs)
         if self._cache_status is not None:
             attrs["powersampling.cache.status"] = self._cache_status
         if error is not None:
             attrs["error.type"] = _error_type(error)
-        t.request_duration.record(duration_s, attrs)
+        t.request_duration.record(duration_s, attrs, ctx)
         gen_ai_attrs = {
             "gen_ai.operation.name": GEN_AI_OPERATION,
             "gen_ai.provider.name": GEN_AI_PROVIDER,
@@ -721,7 +727,7 @@ class _RequestObserver:
         }
         if error is not None:
             gen_ai_attrs["error.type"] = attrs["error.type"]
-        t.gen_ai_duration.record(duration_s, gen_ai_attrs)
+        t.gen_ai_duration.record(duration_s, gen_ai_attrs, ctx)
 
         if self._cache_status in (CacheStatus.HIT, CacheStatus.RESUMED):
             t.cache_hits.add(1, {"powersampling.cache.status": self._cache_status})
@@ -735,9 +741,9 @@ class _RequestObserver:
         if summary.tokens_kept:
             t.tokens_kept.add(summary.tokens_kept, base)
         if error is None and summary.steps:
-            t.acceptance_rate.record(summary.acceptance_rate, base)
+            t.acceptance_rate.record(summary.acceptance_rate, base, ctx)
         if error is None and summary.budget_utilisation is not None:
-            t.budget_utilisation.record(summary.budget_utilisation, base)
+            t.budget_utilisation.record(summary.budget_utilisation, base, ctx)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from powersampling.errors import InvalidArgument
+
 REQUEST_SPAN = "Reason"  # the name otel.py gives the request span
 ACCEPTANCE_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -192,6 +194,10 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _fmt(value: float, width: int) -> str:
+    return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.3f}"
+
+
 def bucket_label(rate: float) -> str:
     for low, high in itertools.pairwise(ACCEPTANCE_BUCKETS):
         if rate < high or high == ACCEPTANCE_BUCKETS[-1]:
@@ -215,7 +221,7 @@ def summary_text(records: Sequence[RequestRecord], *, left_out: int = 0) -> str:
         lat = [r.latency_s for r in rs]
         lines.append(
             f"{method:<10} {len(rs):>6} {sum(r.error for r in rs):>6} {percentile(lat, 50):>9.3f} "
-            f"{percentile(lat, 99):>9.3f} {_mean([r.acceptance_rate for r in rs if r.steps]):>7.3f} "
+            f"{percentile(lat, 99):>9.3f} {_fmt(_mean([r.acceptance_rate for r in rs if r.steps]), 7)} "
             f"{_mean([r.tokens_proposed for r in rs]):>9.1f}"
         )
     lines.append("")
@@ -263,7 +269,8 @@ def plot(records: Sequence[RequestRecord], out: str | Path) -> Path:
                 s=[12 + 200 * math.sqrt(r.tokens_proposed / top_tokens) for r in rs],
                 color=colours[i % len(colours)],
                 alpha=0.6,
-                edgecolors=["red" if r.error else "none" for r in rs],
+                edgecolors="red",
+                linewidths=[1.5 if r.error else 0.0 for r in rs],
                 label=f"{method} ({len(rs)})",
             )
         latencies = [r.latency_s for r in records if r.latency_s > 0]
@@ -304,11 +311,11 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def run_report(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    """Read, plot, print; 1 when the files hold no request spans."""
     out = stdout or sys.stdout
     missing = [p for p in args.spans if not Path(p).is_file()]
     if missing:
-        print(f"report: no such file: {missing[0]}", file=sys.stderr)
-        return 2
+        raise InvalidArgument("spans", f"no such file: {missing[0]}")
     records = read_requests(args.spans)
     left_out = 0
     if not args.include_cache_hits:
