@@ -1,0 +1,71 @@
+"""Exceptions → gRPC status codes, in one place.
+
+Every handler ends in `abort_with_status`: a caller's mistake names its field (INVALID_ARGUMENT),
+overload says so (RESOURCE_EXHAUSTED), and anything unexpected becomes INTERNAL with a request id to
+find in the server log; no traceback or internal message ever reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument, PowerSamplingError
+
+logger = logging.getLogger("powersampling.server")
+
+
+class ServerOverloaded(PowerSamplingError):
+    """Admission refused the request: every slot is busy and the queue is full."""
+
+
+class ServiceUnavailable(PowerSamplingError):
+    """The server cannot take requests right now (the model is loading, or it is shutting down)."""
+
+
+class PermissionDenied(PowerSamplingError):
+    """The caller is authenticated but may not do what it asked; names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
+    """The status code and the client-safe message for `exc`."""
+    ref = f" (request {request_id})" if request_id else ""
+    while isinstance(exc, BaseExceptionGroup):  # the sampler's task group wraps what its chains raised
+        exc = exc.exceptions[0]
+    if isinstance(exc, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, ServerOverloaded | EngineOverloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, ServiceUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, EngineError):
+        logger.error("engine error%s: %s", ref, exc)
+        return grpc.StatusCode.INTERNAL, f"the engine failed{ref}; details are in the server log"
+    logger.error("unexpected error%s", ref, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error{ref}"
+
+
+async def abort_with_status(
+    context: grpc.aio.ServicerContext, exc: BaseException, request_id: str = ""
+) -> NoReturn:
+    """End the call with the status that `exc` maps to (raises, as `context.abort` does)."""
+    code, message = status_for(exc, request_id)
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+__all__ = [
+    "PermissionDenied",
+    "ServerOverloaded",
+    "ServiceUnavailable",
+    "abort_with_status",
+    "status_for",
+]

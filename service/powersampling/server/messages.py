@@ -1,0 +1,185 @@
+"""Outgoing messages: the service's values (results, events, settings) as powersampling.v1 protos."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from powersampling import __version__
+from powersampling._proto.v1 import reasoning_pb2 as pb
+from powersampling.api import ReasonResult
+from powersampling.cache.base import CacheStatus
+from powersampling.config import ServerConfig
+from powersampling.engines.base import Engine
+from powersampling.events import ChainState
+from powersampling.params import MAX_ALPHA, MAX_MCMC_STEPS, MAX_STOP_LENGTH, MAX_STOP_STRINGS, SamplingParams
+from powersampling.server.validation import METHODS
+
+METHOD_VALUES = {method: value for value, method in METHODS.items()}
+CACHE_STATUSES: dict[CacheStatus, int] = {
+    CacheStatus.HIT: pb.CACHE_STATUS_HIT,
+    CacheStatus.RESUMED: pb.CACHE_STATUS_RESUMED,
+    CacheStatus.MISS: pb.CACHE_STATUS_MISS,
+    CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
+    CacheStatus.DISABLED: pb.CACHE_STATUS_DISABLED,
+    CacheStatus.UNCACHEABLE: pb.CACHE_STATUS_UNCACHEABLE,
+}
+FINISH_REASONS = {
+    "eos": pb.FINISH_REASON_EOS,
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+}
+
+
+def params_message(params: SamplingParams) -> pb.SamplingParams:
+    return pb.SamplingParams(
+        method=METHOD_VALUES[params.method],  # type: ignore[arg-type]
+        alpha=params.alpha,
+        proposal_temperature=params.proposal_temperature,
+        block_size=params.block_size,
+        max_new_tokens=params.max_new_tokens,
+        mcmc_steps=params.mcmc_steps,
+        token_budget=params.token_budget,
+        seed=params.seed,
+        stop=params.stop,
+        n=params.n,
+    )
+
+
+def started_event(
+    *,
+    request_id: str,
+    status: CacheStatus,
+    resumed_from_block: int,
+    prompt_tokens: int,
+    num_blocks: int,
+    params: SamplingParams,
+    engine: Engine,
+) -> pb.ReasonEvent:
+    return pb.ReasonEvent(
+        started=pb.Started(
+            request_id=request_id,
+            cache_status=CACHE_STATUSES[status],  # type: ignore[arg-type]
+            resumed_from_block=resumed_from_block,
+            prompt_tokens=prompt_tokens,
+            seed=params.seed,
+            num_blocks=num_blocks,
+            params=params_message(params),
+            temperature=params.temperature,
+            model=engine.info.model,
+            engine=engine.info.engine,
+        )
+    )
+
+
+def progress_event(
+    *,
+    block_index: int,
+    num_blocks: int,
+    state: ChainState,
+    text: str,
+    revised: bool,
+    token_budget: int | None,
+) -> pb.ReasonEvent:
+    steps = state.mcmc_steps
+    return pb.ReasonEvent(
+        progress=pb.Progress(
+            chain_index=state.chain_index,
+            block_index=block_index,
+            num_blocks=num_blocks,
+            text=text,
+            revised=revised,
+            acceptance_rate=state.accepted_steps / steps if steps else 0.0,
+            change_rate=state.changed_steps / steps if steps else 0.0,
+            mcmc_steps=steps,
+            tokens_spent=state.tokens_spent,
+            token_budget=token_budget,
+            num_tokens=len(state.token_ids),
+            finished=state.ended,
+        )
+    )
+
+
+def answer_message(result: ReasonResult) -> pb.Answer:
+    return pb.Answer(
+        text=result.text,
+        token_ids=result.token_ids,
+        finish_reason=FINISH_REASONS.get(result.finish_reason, pb.FINISH_REASON_UNSPECIFIED),  # type: ignore[arg-type]
+        stats=pb.AnswerStats(
+            tokens_spent=result.tokens_spent,
+            token_budget=result.token_budget,
+            mcmc_steps=result.mcmc_steps,
+            accepted=result.accepted_steps,
+            changed=result.changed_steps,
+            skipped=result.skipped_steps,
+            acceptance_rate=result.acceptance_rate,
+            change_rate=result.change_rate,
+            latency_ms=result.latency_s * 1000.0,
+            log_prob=result.log_prob,
+        ),
+        seed=result.seed,
+        chain_index=result.chain_index,
+    )
+
+
+def final_event(
+    *,
+    results: Sequence[ReasonResult],
+    status: CacheStatus,
+    request_id: str,
+    latency_ms: float,
+    prompt_tokens: int,
+    engine: Engine,
+) -> pb.ReasonEvent:
+    return pb.ReasonEvent(
+        final=pb.Final(
+            answers=[answer_message(r) for r in results],
+            model=engine.info.model,
+            engine=engine.info.engine,
+            cache_hit=status is CacheStatus.HIT,
+            cache_status=CACHE_STATUSES[status],  # type: ignore[arg-type]
+            request_id=request_id,
+            latency_ms=latency_ms,
+            prompt_tokens=prompt_tokens,
+        )
+    )
+
+
+def service_description(
+    engine: Engine, config: ServerConfig, *, cache_enabled: bool
+) -> pb.ServiceDescription:
+    info = engine.info
+    return pb.ServiceDescription(
+        model=info.model,
+        engine=info.engine,
+        fingerprint=info.fingerprint,
+        device=info.device,
+        max_context_tokens=info.max_context_tokens,
+        has_chat_template=engine.has_chat_template,
+        defaults=params_message(config.default_params()),
+        limits=pb.ServerLimits(
+            max_samples_per_request=config.max_samples_per_request,
+            max_prompt_chars=config.max_prompt_chars,
+            max_message_bytes=config.max_message_bytes,
+            max_stop_strings=MAX_STOP_STRINGS,
+            max_stop_length=MAX_STOP_LENGTH,
+            max_concurrent_requests=config.max_concurrent_requests,
+            max_queue=config.max_queue,
+            max_mcmc_steps=MAX_MCMC_STEPS,
+            max_alpha=MAX_ALPHA,
+        ),
+        version=__version__,
+        cache_enabled=cache_enabled,
+    )
+
+
+__all__ = [
+    "CACHE_STATUSES",
+    "FINISH_REASONS",
+    "METHOD_VALUES",
+    "answer_message",
+    "final_event",
+    "params_message",
+    "progress_event",
+    "service_description",
+    "started_event",
+]
