@@ -319,8 +319,11 @@ def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """
     workdir = tmp_path_factory.mktemp("cluster")
     server = RedisServer(
-        workdir, "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf")
-    ).start()
+        workdir,
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", str(workdir / "nodes.conf"),
+        "--cluster-port", str(free_port()),  # the default, port + 10000, may be taken or out of range
+    ).start()  # fmt: skip
     server.cli("cluster", "addslotsrange", "0", "16383")
     deadline = time.monotonic() + 10
     while "cluster_state:ok" not in server.cli("cluster", "info"):
