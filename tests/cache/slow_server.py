@@ -21,21 +21,14 @@ from powersampling.engines.toy import ToyEngine
 from powersampling.server.app import serve
 from powersampling.telemetry.base import NoTelemetry
 
-from .support import TOY_FINGERPRINT, make_engine
+from .support import toy_engine_options
 
 
 class SlowToyEngine(ToyEngine):
     """The cache tests' toy model, taking `seconds_per_batch` per batch (like a busy GPU)."""
 
     def __init__(self, seconds_per_batch: float) -> None:
-        template = make_engine()
-        super().__init__(
-            vocab_size=template.vocab_size,
-            eos_id=template.eos_id,
-            next_token_logprobs=lambda prefix: template.logprobs(prefix).tolist(),
-            token_strings=template.token_strings,
-            fingerprint=TOY_FINGERPRINT,
-        )
+        super().__init__(**toy_engine_options())
         self.seconds_per_batch = seconds_per_batch
 
     def extend_batch(self, requests: Sequence[ExtendRequest]) -> list[Extension]:

@@ -25,7 +25,7 @@ from powersampling.events import BlockFinished, ChainState, SamplerEvent
 from powersampling.params import SamplingParams
 from redis.asyncio import Redis
 
-from .support import PROMPT, RedisServer, free_port, make_engine, seeded_params
+from .support import PROMPT, RedisServer, free_port, make_engine, seeded_params, toy_engine_options
 
 NUM_BLOCKS = 6  # seeded_params(): 24 tokens in blocks of 4
 
@@ -155,14 +155,7 @@ class FailingEngine(ToyEngine):
     """The toy model, failing after `healthy_batches` batches (a crashed GPU worker)."""
 
     def __init__(self, healthy_batches: int) -> None:
-        template = make_engine()
-        super().__init__(
-            vocab_size=template.vocab_size,
-            eos_id=template.eos_id,
-            next_token_logprobs=lambda prefix: template.logprobs(prefix).tolist(),
-            token_strings=template.token_strings,
-            fingerprint=template.info.fingerprint,
-        )
+        super().__init__(**toy_engine_options())
         self.healthy_batches = healthy_batches
 
     def extend_batch(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
