@@ -6,11 +6,14 @@ tokens) once per mode, in rotating order; every request is observed the way the 
 child process (as a Collector would be); a mode's timing includes flushing its exporters, so the
 export work is counted. Reports medians and the overhead against "off".
 
-    python benchmarks/telemetry_overhead.py                      # toy engine: the worst case
-    python benchmarks/telemetry_overhead.py --model qwen2.5-coder-0.5b-instruct --requests 4
+    python benchmarks/telemetry_overhead.py                      # toy engine, paper's B = 192, N = 10
+    python benchmarks/telemetry_overhead.py --max-new-tokens 192 --block-size 48 --requests 8 --samples 4
+    python benchmarks/telemetry_overhead.py --modes off,otlp,jsonl,otlp-nosteps,otlp-10pct
+    python benchmarks/telemetry_overhead.py --model qwen2.5-coder-0.5b-instruct --repeats 3
 
 The toy engine's tokens cost microseconds, so it shows the largest relative overhead; with a real
-model each token costs far more and the same telemetry work is a smaller share.
+model each token costs far more and the same telemetry work is a smaller share. Short blocks mean
+short MCMC proposals, so more step events per token: the second command is the harder case.
 """
 
 from __future__ import annotations
@@ -160,10 +163,10 @@ async def main() -> None:
     parser.add_argument(
         "--model", default=None, help="a model for the torch engine (default: the toy engine)"
     )
-    parser.add_argument("--requests", type=int, default=8, help="concurrent requests per repetition")
-    parser.add_argument("--samples", type=int, default=4, help="chains per request (n)")
-    parser.add_argument("--max-new-tokens", type=int, default=192)
-    parser.add_argument("--block-size", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=4, help="concurrent requests per repetition")
+    parser.add_argument("--samples", type=int, default=2, help="chains per request (n)")
+    parser.add_argument("--max-new-tokens", type=int, default=768)
+    parser.add_argument("--block-size", type=int, default=192, help="default: the paper's B")
     parser.add_argument("--mcmc-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
