@@ -156,15 +156,20 @@ class PowerSampler:
         """Run the request's n chains concurrently (their proposals meet in the engine's batches)."""
         assert self.params.seed is not None
         resume = resume or {}
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(
-                    self.run_chain(
-                        resume[i] if i in resume else _Chain(i, chain_seed(self.params.seed, i)).snapshot()
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self.run_chain(
+                            resume[i] if i in resume else _Chain(i, chain_seed(self.params.seed, i)).snapshot()
+                        )
                     )
-                )
-                for i in range(self.params.n)
-            ]
+                    for i in range(self.params.n)
+                ]
+        except BaseExceptionGroup as failed:
+            # The chains fail together (the group cancels the others): report the first cause as
+            # itself, so callers can catch EngineError rather than an exception group.
+            raise failed.exceptions[0] from None
         return [t.result() for t in tasks]
 
     async def run_chain(self, start: ChainState) -> ChainState:
