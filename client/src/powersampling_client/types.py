@@ -1,0 +1,180 @@
+"""The values a client sees: plain frozen dataclasses, independent of the generated protobuf classes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import grpc
+
+Method: TypeAlias = Literal["power", "sample", "low-temp", "greedy"]
+CachePolicy: TypeAlias = Literal["use", "bypass", "refresh"]
+CacheStatus: TypeAlias = Literal["hit", "resumed", "miss", "bypass", "disabled", "uncacheable", "unspecified"]
+FinishReason: TypeAlias = Literal["eos", "stop", "length", "unspecified"]
+ChatMessage: TypeAlias = Mapping[str, str]  # {"role": "user", "content": "..."}
+
+
+class PowerSamplingError(Exception):
+    """A call failed. `code` is the gRPC status; `field` names the offending request field, if any.
+
+    INVALID_ARGUMENT: fix the named field. RESOURCE_EXHAUSTED: the server is at capacity, retry
+    later. UNAVAILABLE: the server is starting or stopping (already retried with backoff).
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        self.field: str | None = None
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED) and ": " in message:
+            self.field = message.split(": ", 1)[0]
+        super().__init__(f"{code.name}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later (capacity or availability problems)."""
+        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling parameters as the server resolved them (defaults filled in)."""
+
+    method: Method
+    alpha: float
+    proposal_temperature: float | None  # None: 1/alpha
+    block_size: int
+    max_new_tokens: int
+    mcmc_steps: int
+    token_budget: int | None
+    seed: int | None
+    stop: tuple[str, ...]
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The request was accepted; the work begins."""
+
+    request_id: str
+    cache_status: CacheStatus
+    resumed_from_block: int
+    prompt_tokens: int
+    seed: int | None  # the request's seed, when it had one
+    num_blocks: int
+    params: SamplingParams
+    temperature: float  # what the proposal samples at; 0 means greedy
+    model: str
+    engine: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A chain finished a block. `text` is its whole current text (replace, do not append)."""
+
+    chain_index: int
+    block_index: int
+    num_blocks: int
+    text: str
+    revised: bool  # text shown earlier changed (MCMC revised it)
+    acceptance_rate: float
+    change_rate: float
+    mcmc_steps: int
+    tokens_spent: int
+    token_budget: int | None
+    num_tokens: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStats:
+    tokens_spent: int
+    token_budget: int | None
+    mcmc_steps: int
+    accepted: int
+    changed: int
+    skipped: int
+    acceptance_rate: float
+    change_rate: float
+    latency_ms: float
+    log_prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    stats: AnswerStats
+    seed: int  # send it back to reproduce this answer
+    chain_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonResult:
+    """The final event: one answer per sample, in chain order."""
+
+    answers: tuple[Answer, ...]
+    model: str
+    engine: str
+    cache_hit: bool
+    cache_status: CacheStatus
+    request_id: str
+    latency_ms: float
+    prompt_tokens: int
+
+    @property
+    def text(self) -> str:
+        """The first answer's text."""
+        return self.answers[0].text if self.answers else ""
+
+
+ReasonEvent: TypeAlias = Started | Progress | ReasonResult
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_samples_per_request: int
+    max_prompt_chars: int
+    max_message_bytes: int
+    max_stop_strings: int
+    max_stop_length: int
+    max_concurrent_requests: int
+    max_queue: int
+    max_mcmc_steps: int
+    max_alpha: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What a server runs (the Describe call)."""
+
+    model: str
+    engine: str
+    fingerprint: str
+    device: str
+    max_context_tokens: int
+    has_chat_template: bool
+    defaults: SamplingParams
+    limits: ServerLimits
+    version: str
+    cache_enabled: bool
+
+
+__all__ = [
+    "Answer",
+    "AnswerStats",
+    "CachePolicy",
+    "CacheStatus",
+    "ChatMessage",
+    "FinishReason",
+    "Method",
+    "PowerSamplingError",
+    "Progress",
+    "ReasonEvent",
+    "ReasonResult",
+    "SamplingParams",
+    "ServerLimits",
+    "ServiceInfo",
+    "Started",
+]
