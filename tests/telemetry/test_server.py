@@ -136,3 +136,27 @@ async def test_server_configured_only_by_otel_environment_exports_to_an_otlp_rec
         "powersampling.tokens.kept",
         "gen_ai.server.request.duration",
     } <= otlp_receiver.metric_names()
+
+
+async def test_client_cancel_ends_every_span(start: Any) -> None:
+    import asyncio
+
+    exporter = InMemorySpanExporter()
+    server = await start(setup_telemetry(span_exporter=exporter))
+    request = reason_request(max_new_tokens=3000, block_size=100, mcmc_steps=10, n=1)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = pb_grpc.ReasoningServiceStub(channel).Reason(request)
+        async for _event in call:
+            break  # the first message: the work has begun
+        call.cancel()
+    for _ in range(100):
+        if by_name(exporter.get_finished_spans(), "Reason"):
+            break
+        await asyncio.sleep(0.05)
+    spans = exporter.get_finished_spans()
+    (reason,) = by_name(spans, "Reason")
+    assert reason.attributes["error.type"] in ("CancelledError", "GeneratorExit")
+    assert len(by_name(spans, "sampling")) == 1
+    (block,) = by_name(spans, "block")  # the first block, cut short
+    assert block.attributes["powersampling.interrupted"] is True
+    assert block.end_time is not None and block.end_time <= reason.end_time

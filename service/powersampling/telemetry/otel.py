@@ -616,10 +616,13 @@ class _RequestObserver:
         if state.finish_reason is not None:
             span.set_attribute("powersampling.finish_reason", state.finish_reason)
         span.end()
-        # The chain's next block starts now (if the chain goes on).
-        self._blocks[e.chain_index] = _Block(
-            e.chain_index, e.block_index + 1, time.time_ns(), state.tokens_spent
-        )
+        if state.finish_reason is None and e.block_index + 1 < e.num_blocks:
+            # The chain's next block starts now.
+            self._blocks[e.chain_index] = _Block(
+                e.chain_index, e.block_index + 1, time.time_ns(), state.tokens_spent
+            )
+        else:
+            del self._blocks[e.chain_index]
 
     def _on_chain_finished(self, e: ChainFinished) -> None:
         self._totals.tokens_by_chain[e.chain_index] = e.state.tokens_spent
@@ -666,11 +669,23 @@ class _RequestObserver:
     def _end_spans(
         self, results: Sequence[ReasonResult] | None, summary: _Summary, error: BaseException | None
     ) -> None:
-        for block in self._blocks.values():
-            if block.span is not None:  # a block cut short by an error or a cancel
-                block.span.set_attribute("powersampling.steps_taken", block.steps)
-                block.span.set_attribute("powersampling.steps_accepted", block.accepted)
-                block.span.end()
+        # Blocks still open were cut short (an error, a cancel, a deadline): end them, so the trace
+        # shows where the work stopped.
+        for block in list(self._blocks.values()):
+            if block.span is None and error is None:
+                continue
+            span = self._block(block.chain_index, block.block_index).span
+            assert span is not None
+            span.set_attributes(
+                {
+                    "powersampling.steps_taken": block.steps,
+                    "powersampling.steps_accepted": block.accepted,
+                    "powersampling.steps_changed": block.changed,
+                    "powersampling.steps_skipped": block.skipped,
+                    "powersampling.interrupted": True,
+                }
+            )
+            span.end()
         self._blocks.clear()
         span = self._span
         attributes: dict[str, Any] = {
