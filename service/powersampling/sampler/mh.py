@@ -28,6 +28,7 @@ from powersampling.engines.base import Engine, ExtendRequest
 from powersampling.errors import EngineError
 from powersampling.events import (
     BlockFinished,
+    ChainFinished,
     ChainStarted,
     ChainState,
     EventSink,
@@ -180,7 +181,9 @@ class PowerSampler:
             if chain.finish_reason is not None:
                 break
             await self._run_block(chain, k)
-        return chain.snapshot()
+        final = chain.snapshot()
+        self._emit(ChainFinished(chain.index, final, chain.finish_reason or "length"))
+        return final
 
     async def _run_block(self, chain: _Chain, k: int) -> None:
         # Every random draw of block k comes from its own generator, so a chain resumed at a block
