@@ -395,14 +395,12 @@ def _collect_eos_ids(model: Any, tokenizer: Any, extra_tokens: tuple[str, ...]) 
 
 
 def _make_shareable(folder: Path) -> None:
-    # Some writers create files owner-only (0600); a shared cache must be readable by every user
-    # that the umask allows.
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    # Some writers create files owner-only (0600); every user of a shared cache must be able to read
+    # the model. Read (and, for the folder, search) bits are added, nothing is taken away.
+    folder.chmod(folder.stat().st_mode | 0o555)
     for p in folder.iterdir():
         if p.is_file():
-            p.chmod(0o666 & ~umask)
+            p.chmod(p.stat().st_mode | 0o444)
 
 
 def prepare_known_model(
