@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,18 +17,11 @@ from powersampling.config import ServerConfig
 from powersampling.server.app import serve
 from powersampling.telemetry.base import NoTelemetry
 
-from tests.server.support import SlowStartEngine
-
-
-def clean_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("POWERSAMPLING_", "OTEL_"))}
-
-
-@pytest.fixture(autouse=True)
-def _no_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("POWERSAMPLING_"):
-            monkeypatch.delenv(name)
+from tests.server.support import (  # noqa: F401
+    SlowStartEngine,
+    environment_without_server_settings,
+    no_server_environment,
+)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +94,7 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_environment(),
+        env=environment_without_server_settings(),
     )
     assert process.stderr is not None
     address = ""

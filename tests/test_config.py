@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from powersampling.config import ServerConfig, load_config
 from powersampling.errors import InvalidArgument
 from powersampling.params import Method, SamplingParams
 
-
-@pytest.fixture(autouse=True)
-def _no_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("POWERSAMPLING_"):
-            monkeypatch.delenv(name)
+from tests.server.support import no_server_environment  # noqa: F401
 
 
 def test_defaults() -> None:

@@ -19,7 +19,7 @@ from powersampling.engines.base import Engine
 from powersampling.server.app import RunningServer, serve
 from powersampling.telemetry.base import NoTelemetry
 
-from tests.server.support import toy_engine
+from tests.server.support import environment_without_server_settings, toy_engine
 
 CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "client" / "src"
 if str(CLIENT_SOURCE) not in sys.path:  # the client distribution, when it is not installed
@@ -43,8 +43,7 @@ class ThreadedServer:
 def server_in_thread(
     engine_factory: Callable[[], Engine] = toy_engine, telemetry: Any = None, **settings: Any
 ) -> Iterator[ThreadedServer]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("POWERSAMPLING_")}
-    with mock.patch.dict(os.environ, clean, clear=True):
+    with mock.patch.dict(os.environ, environment_without_server_settings(), clear=True):
         config = ServerConfig(host="127.0.0.1", port=0, **settings)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server-loop", daemon=True)
@@ -79,6 +78,6 @@ def server() -> Iterator[ThreadedServer]:
 @pytest.fixture
 def client_environment() -> dict[str, str]:
     """Environment for a subprocess that imports the client from this checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERSAMPLING_", "OTEL_"))}
+    env = environment_without_server_settings()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CLIENT_SOURCE), env.get("PYTHONPATH")]))
     return env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,15 +13,7 @@ from powersampling.engines.base import Engine
 from powersampling.server.app import RunningServer, serve
 from powersampling.telemetry.base import NoTelemetry
 
-from tests.server.support import StartServer, toy_engine
-
-
-@pytest.fixture(autouse=True)
-def _no_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Server settings come from each test, never from the machine's POWERSAMPLING_* variables."""
-    for name in list(os.environ):
-        if name.startswith("POWERSAMPLING_"):
-            monkeypatch.delenv(name)
+from tests.server.support import StartServer, no_server_environment, toy_engine  # noqa: F401
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,20 @@ from powersampling.server.app import RunningServer
 TOKENS = ["</s>", "a", "b", "c", "?", " "]
 EOS = 0
 REASON_METHOD = "/powersampling.v1.ReasoningService/Reason"
+
+
+def environment_without_server_settings() -> dict[str, str]:
+    """os.environ less POWERSAMPLING_* (server settings) and OTEL_* (telemetry set-up)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("POWERSAMPLING_", "OTEL_"))}
+
+
+@pytest.fixture(autouse=True)
+def no_server_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Import into a test module (or conftest): server settings come from the tests, not the machine."""
+    for name in list(os.environ):
+        if name.startswith("POWERSAMPLING_"):
+            monkeypatch.delenv(name)
+
 
 # The `start_server` fixture: start(engine=None, *, cache=None, telemetry=None, wait_ready=True, **settings)
 StartServer = Callable[..., Awaitable[RunningServer]]

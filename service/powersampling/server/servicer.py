@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -190,7 +190,7 @@ class _ReasonRun:
             token_budget=self.params.token_budget,
         )
 
-    async def stream(self) -> AsyncIterator[pb.ReasonEvent]:
+    async def stream(self) -> AsyncGenerator[pb.ReasonEvent, None]:
         task = asyncio.get_running_loop().create_task(
             reason_cached(
                 self.engine,
