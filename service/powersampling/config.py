@@ -9,11 +9,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from powersampling.engines.models import DEFAULT_MODEL
 from powersampling.errors import InvalidArgument
 from powersampling.params import MAX_TOKENS_LIMIT, Method, SamplingParams
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"  # as in powersampling.engines.models
 MIB = 1 << 20
 
 
