@@ -34,6 +34,9 @@ test: setup redis
 test-quick: setup redis
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+protos: setup
+	$(PY) scripts/gen_protos.py
+
 lint: setup
 	$(VENV)/bin/ruff check service client tests benchmarks
 	$(VENV)/bin/ruff format --check service client tests benchmarks
