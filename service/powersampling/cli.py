@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from powersampling.bench.cli import add_bench_command
+from powersampling.commands.prepare_model import add_prepare_model_command
 from powersampling.commands.reason import add_reason_command
 from powersampling.config import ServerConfig, load_config
 from powersampling.errors import InvalidArgument, PowerSamplingError
@@ -228,6 +229,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_describe_command,
     add_bench_command,
     add_report_command,
+    add_prepare_model_command,
 )
 
 

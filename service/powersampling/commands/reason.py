@@ -24,7 +24,9 @@ def add_reason_command(subparsers: Any) -> None:
         description="Answer PROMPT by sampling from p(x)^alpha with block-wise Metropolis-Hastings.",
     )
     p.add_argument("prompt", help="the prompt text; '-' reads it from standard input")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local folder (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model name or local folder (default {DEFAULT_MODEL})"
+    )
     p.add_argument("--engine", default="torch", choices=ENGINES, help="engine that runs the model")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
     p.add_argument("--method", default=defaults.method.value, choices=[m.value for m in Method])
@@ -38,8 +40,12 @@ def add_reason_command(subparsers: Any) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("-n", "--samples", dest="n", type=int, default=1, help="independent samples")
     chat = p.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="force the chat template")
-    chat.add_argument("--raw", dest="chat", action="store_false", help="send the prompt without chat template")
+    chat.add_argument(
+        "--chat", dest="chat", action="store_true", default=None, help="force the chat template"
+    )
+    chat.add_argument(
+        "--raw", dest="chat", action="store_false", help="send the prompt without chat template"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run_reason)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from powersampling.engines.tiny import TINY_MODEL_NAME, save_tiny_model
 from powersampling.errors import EngineError, InvalidArgument, UnknownModel
 
 if TYPE_CHECKING:
@@ -452,6 +453,32 @@ def prepare_known_model(
     return final
 
 
+def prepare_tiny_model(*, cache_dir: str | Path | None = None) -> Path:
+    """The `tiny-random` model (random weights, local BPE tokenizer), built once into the cache.
+
+    Head size 32, so vLLM's CPU kernels take it as well as transformers.
+    """
+    root = Path(cache_dir) if cache_dir is not None else models_cache_dir()
+    final = root / TINY_MODEL_NAME
+    if (final / "config.json").is_file():
+        return final
+    with _locked(root / f".{TINY_MODEL_NAME}.lock"):
+        if (final / "config.json").is_file():
+            return final
+        work = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}.tmp-", dir=root))
+        try:
+            save_tiny_model(
+                work, hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            work.rename(final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return final
+
+
 def resolve_model(
     name_or_path: str | os.PathLike[str],
     *,
@@ -465,6 +492,9 @@ def resolve_model(
     key = os.fspath(name_or_path)
     if not key or not key.strip():
         raise InvalidArgument("model", "must not be empty")
+    if key == TINY_MODEL_NAME:
+        folder = prepare_tiny_model(cache_dir=cache_dir)
+        return PreparedModel(name=key, path=folder, fingerprint=fingerprint_folder(folder))
     if key in KNOWN_MODELS:
         folder = prepare_known_model(key, cache_dir=cache_dir, progress=progress)
         return PreparedModel(name=key, path=folder, fingerprint=fingerprint_folder(folder))
@@ -476,7 +506,7 @@ def resolve_model(
             )
         path = path.resolve()
         return PreparedModel(name=path.name, path=path, fingerprint=fingerprint_folder(path))
-    raise UnknownModel(key, sorted(KNOWN_MODELS))
+    raise UnknownModel(key, [*sorted(KNOWN_MODELS), TINY_MODEL_NAME])
 
 
 def load_engine(name_or_path: str | os.PathLike[str], engine: str = "torch", **kwargs: Any) -> Engine:
