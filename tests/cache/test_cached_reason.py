@@ -396,7 +396,9 @@ async def test_requests_survive_a_redis_outage_and_caching_comes_back(
 async def test_redis_dying_mid_request_does_not_fail_it(
     redis_server: RedisServer, reference: list[ReasonResult]
 ) -> None:
-    cache = RedisChainCache.from_url(redis_server.url, cooldown_s=10.0)
+    # A stopped Redis refuses connections at once; the generous timeout only keeps a loaded test
+    # machine from timing out the reads made before the stop.
+    cache = RedisChainCache.from_url(redis_server.url, cooldown_s=10.0, timeout_s=1.0)
     blocks = 0
 
     def on_event(event: SamplerEvent) -> None:
@@ -411,7 +413,7 @@ async def test_redis_dying_mid_request_does_not_fail_it(
         make_engine(), PROMPT, seeded_params(), cache=cache, on_event=on_event
     )
     assert status is CacheStatus.MISS and answer(results) == answer(reference)
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 5.0
     assert not cache.available
     await cache.close()
 
