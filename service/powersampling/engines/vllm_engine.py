@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import itertools
 import json
@@ -454,10 +455,11 @@ class VllmEngine(Engine):
         async with self._start_lock:
             if self._llm is not None:
                 return
-            self._llm = self._build()
+            self._build()
             self._exact_semaphore = asyncio.Semaphore(4)
 
-    def _build(self) -> Any:
+    def _build(self) -> None:
+        """Create the AsyncLLM into `self._llm` (no local keeps it: vLLM may retain this frame)."""
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
         try:
@@ -474,14 +476,15 @@ class VllmEngine(Engine):
         self._device = str(current_platform.device_type or "unknown")
         self._vllm_version = str(getattr(vllm, "__version__", "unknown"))
         try:
-            args = self._engine_args()
-            llm = AsyncLLM.from_engine_args(args, stat_loggers=[_make_stats_logger_factory(self.stats)])
+            self._llm = AsyncLLM.from_engine_args(
+                self._engine_args(), stat_loggers=[_make_stats_logger_factory(self.stats)]
+            )
         except Exception as exc:
+            self._llm = None
             raise EngineError(
                 f"vLLM could not load the model in {self.path}: {type(exc).__name__}: {exc}"
             ) from exc
         self._info = self._make_info()
-        return llm
 
     async def close(self) -> None:
         """Abort what is running and stop vLLM's processes."""
@@ -491,11 +494,21 @@ class VllmEngine(Engine):
         llm, self._llm = self._llm, None
         if llm is None:
             return
+        same_loop = self._loop is asyncio.get_running_loop()
         with contextlib.suppress(Exception):
-            if self._inflight and self._loop is asyncio.get_running_loop():
+            if self._inflight and same_loop:
                 await llm.abort(list(self._inflight))
+        # Stop the task that reads vLLM's outputs first, or it reports the engine's exit as an error.
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None and same_loop and not handler.done():
+            handler.cancel()
+            await asyncio.wait({handler}, timeout=5)
         # shutdown() joins vLLM's processes (a few seconds): keep the event loop free meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, llm.shutdown)
+        # AsyncLLM.__del__ shuts down again; let that happen now rather than at interpreter exit,
+        # when the modules it calls into are already gone.
+        del llm
+        gc.collect()
 
     # ------------------------------------------------------------------ tokenizer side
 
