@@ -164,11 +164,18 @@ def test_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFi
     assert bench_main([*args, "--out", str(out), "--no-progress", "--no-plot"]) == 0
     assert "| power |" in capsys.readouterr().out
     assert bench_main(["report", "--out", str(out), "--no-plot"]) == 0
+    hard = tmp_path / "hard"
+    assert (
+        bench_main([*args, "--tag", "hard", "--methods", "greedy", "--out", str(hard), "--no-progress"]) == 0
+    )
+    capsys.readouterr()
+    assert all("hard" in r["tags"] for r in load_records(hard / "results" / "greedy.jsonl"))
     for bad, needle in [
         (["--dataset", "nope"], "unknown dataset 'nope'"),
         (["--methods", "greedy,best"], "methods: unknown method 'best'"),
         (["--model", "x"], "model: "),
         (["--alpha", "0.5"], "alpha: must be at least 1"),
+        (["--tag", "medium"], "tag: no problem of toy has tag 'medium'"),
     ]:
         argv = ["quality", "--dataset", "toy", "--engine", "toy", "--out", str(out), "--no-progress", *bad]
         assert bench_main(argv) == 2

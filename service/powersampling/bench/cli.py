@@ -81,6 +81,7 @@ def add_bench_command(subparsers: Any) -> None:
     q.add_argument("--samples", type=_positive_int, default=4, help="samples per problem (pass@k up to it)")
     q.add_argument("--size", type=_positive_int, default=None, help="problems generated (dataset default)")
     q.add_argument("--limit", type=_positive_int, default=None, help="run the first LIMIT problems")
+    q.add_argument("--tag", default=None, help="only problems with this tag (e.g. hard)")
     q.add_argument("--seed", type=_non_negative_int, default=0, help="dataset and sampling seed")
     q.add_argument("--concurrency", type=_positive_int, default=8, help="problems in flight at once")
     q.add_argument("--engine", default="torch", help=f"one of {', '.join(ENGINES)}")
@@ -155,6 +156,7 @@ def run_quality_command(args: argparse.Namespace) -> int:
                 cfg,
                 out,
                 limit=args.limit,
+                tag=args.tag,
                 resume=not args.no_resume,
                 progress=not args.no_progress,
                 plots=not args.no_plot,

@@ -385,11 +385,15 @@ async def run_quality_async(
     out_dir: str | os.PathLike[str],
     *,
     limit: int | None = None,
+    tag: str | None = None,
     resume: bool = True,
     progress: bool = True,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Run every method (one after another, each batched across problems), then write the report."""
+    """Run every method (one after another, each batched across problems), then write the report.
+
+    `tag` keeps only the problems carrying it (e.g. "hard"); `limit` then takes the first ones.
+    """
     from powersampling.bench.report import write_report
 
     out = Path(out_dir)
@@ -402,7 +406,13 @@ async def run_quality_async(
         specs = [m for m in methods if isinstance(m, MethodSpec)]
     else:
         raise InvalidArgument("methods", "pass method names or MethodSpecs, not a mix")
-    problems = dataset.problems[:limit] if limit is not None else dataset.problems
+    problems = [p for p in dataset.problems if tag is None or tag in p.tags]
+    if not problems:
+        known = sorted({t for p in dataset.problems for t in p.tags})
+        raise InvalidArgument(
+            "tag", f"no problem of {dataset.name} has tag {tag!r} (tags: {', '.join(known)})"
+        )
+    problems = problems[:limit] if limit is not None else problems
     for spec in specs:  # refuse a mismatched folder before spending anything
         check_resumable(engine, dataset, spec, cfg, out, resume=resume)
     if not engine.ready:
