@@ -72,6 +72,21 @@ def test_pass_at_k_tokens_and_mcmc_stats(toy_run: tuple[Path, dict[str, Any]]) -
     assert methods["sample"]["mcmc"]["acceptance_rate"] is None
 
 
+def test_diagnostics(toy_run: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = toy_run
+    target = summary["diagnostics"]["target_on_seen_answers"]["subsets"]["all"]
+    # The right digit is always seen, wrong ones only in part: p's estimate is inflated, p^4's is not
+    # (the unseen wrong digits carry almost nothing under p^4).
+    assert 0.3 < target["seen_mass"] < 1.0
+    assert 0.4 < target["p"] < 0.9
+    assert target["p^alpha"] == pytest.approx(toy_power_accuracy(4), abs=0.01)
+    assert 0.5 < target["p^alpha_is"] <= 1.0
+    chains = summary["diagnostics"]["power_vs_low_temp"]
+    assert chains["chains"] == 240
+    assert chains["unchanged"] + chains["changed"] == 240
+    assert "Power chains against low-temp's draw" in (toy_run[0] / "summary.md").read_text()
+
+
 def test_outputs_written(toy_run: tuple[Path, dict[str, Any]]) -> None:
     out, summary = toy_run
     for name in ("summary.json", "summary.md", "run.json", "accuracy_vs_tokens.png", "pass_at_k.png"):

@@ -72,6 +72,7 @@ def summarize(out_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
     if (out_dir / "walltime.json").exists():
         walls = json.loads((out_dir / "walltime.json").read_text())
     methods: dict[str, Any] = {}
+    kept: dict[str, list[dict[str, Any]]] = {}
     per_problem: dict[str, dict[str, float]] = {}
     missing: dict[str, int] = {}
     for m in run_info["methods"]:
@@ -89,6 +90,7 @@ def summarize(out_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
             **summarize_method(ordered, k_max, bool(m.get("deterministic")), walls.get(name)),
         }
         per_problem[name] = {r["id"]: r["correct"] / r["n"] for r in ordered}
+        kept[name] = ordered
     if BASELINE in methods:
         base_tokens = methods[BASELINE]["tokens_per_answer"]
         for stats in methods.values():
@@ -110,8 +112,96 @@ def summarize(out_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
         "problems": len(problem_ids),
         "methods": methods,
         f"difference_vs_{BASELINE}": paired,
+        "diagnostics": diagnostics(kept, float(run_info["config"].get("alpha", 4.0))),
         "missing": missing,
     }
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(math.fsum(math.exp(v - top) for v in values))
+
+
+def diagnostics(records: dict[str, list[dict[str, Any]]], alpha: float) -> dict[str, Any]:
+    """Evidence for judging power sampling beyond accuracy.
+
+    * ``target_on_seen_answers``: per problem, every distinct answer (token sequence) any method
+      produced, with its log p (stop string included); the accuracy that p and p^alpha would have if
+      these were the only answers (mean over problems), and the share of p's mass they cover. When p^alpha's
+      estimate is no better than low-temperature sampling, no sampler of p^alpha can beat it here.
+      With T = 1 draws, ``p^alpha_is`` estimates p^alpha's accuracy by self-normalised importance
+      weights p(x)^(alpha-1) instead (consistent, biased for few samples per problem).
+    * ``power_vs_low_temp``: both methods share request seeds and the proposal temperature, so a
+      power chain starts from the very draw low-temp returned; this counts how often the MH steps
+      changed that answer, in which direction, and by how much log p.
+    """
+    out: dict[str, Any] = {}
+    seen: dict[str, dict[str, tuple[float, bool]]] = {}
+    tags: dict[str, list[str]] = {}
+    for recs in records.values():
+        for r in recs:
+            answers = seen.setdefault(r["id"], {})
+            tags[r["id"]] = r["tags"]
+            for s in r["samples"]:
+                key = json.dumps(s["token_ids"]) if "token_ids" in s else s["text"]
+                answers.setdefault(key, (float(s["log_prob"]), bool(s["correct"])))
+    if seen:
+        subsets: dict[str, Any] = {}
+        for subset in ["all", *sorted({t for ts in tags.values() for t in ts})]:
+            ids = [i for i in seen if subset == "all" or subset in tags[i]]
+            row: dict[str, Any] = {"problems": len(ids)}
+            for label, a in (("p", 1.0), ("p^alpha", alpha)):
+                accs = []
+                for i in ids:
+                    lps = [a * lp for lp, _ in seen[i].values()]
+                    right = [a * lp for lp, ok in seen[i].values() if ok]
+                    accs.append(math.exp(_logsumexp(right) - _logsumexp(lps)) if right else 0.0)
+                row[label] = math.fsum(accs) / len(accs)
+            if "sample" in records:
+                ests = []
+                for r in records["sample"]:
+                    if r["id"] in ids:
+                        w = [(alpha - 1.0) * float(x["log_prob"]) for x in r["samples"]]
+                        right = [v for v, x in zip(w, r["samples"], strict=True) if x["correct"]]
+                        ests.append(math.exp(_logsumexp(right) - _logsumexp(w)) if right else 0.0)
+                if ests:
+                    row["p^alpha_is"] = math.fsum(ests) / len(ests)
+            row["seen_mass"] = math.fsum(
+                math.exp(_logsumexp([lp for lp, _ in seen[i].values()])) for i in ids
+            ) / len(ids)
+            subsets[subset] = row
+        out["target_on_seen_answers"] = {"alpha": alpha, "subsets": subsets}
+    if "power" in records and "low-temp" in records:
+        low = {r["id"]: r for r in records["low-temp"]}
+        counts: Counter[str] = Counter()
+        gains: list[float] = []
+        for r in records["power"]:
+            if r["id"] not in low:
+                continue
+            for a, b in zip(r["samples"], low[r["id"]]["samples"], strict=False):
+                counts["chains"] += 1
+                if a["text"] == b["text"]:
+                    counts["unchanged"] += 1
+                    continue
+                counts["changed"] += 1
+                gains.append(a["log_prob"] - b["log_prob"])
+                if a["correct"] and not b["correct"]:
+                    counts["wrong_to_right"] += 1
+                elif b["correct"] and not a["correct"]:
+                    counts["right_to_wrong"] += 1
+                else:
+                    counts["same_correctness"] += 1
+        if counts["chains"]:
+            out["power_vs_low_temp"] = {
+                **{
+                    k: counts[k]
+                    for k in ("chains", "unchanged", "changed", "wrong_to_right", "right_to_wrong")
+                },
+                "same_correctness": counts["same_correctness"],
+                "mean_logp_gain_when_changed": math.fsum(gains) / len(gains) if gains else None,
+                "logp_increased": sum(g > 0 for g in gains),
+            }
+    return out
 
 
 def _iv(d: dict[str, float]) -> str:
@@ -164,6 +254,35 @@ def markdown(summary: dict[str, Any]) -> str:
             sub = m["subsets"][tag]
             pk = " | ".join(f"{sub['pass_at_k'][k]:.2f}" if k in sub["pass_at_k"] else "–" for k in ks)
             lines.append(f"| {name} | {sub['problems']} | {_iv(sub['accuracy'])} | {pk} |")
+    diag = summary.get("diagnostics", {})
+    target = diag.get("target_on_seen_answers")
+    if target:
+        a = target["alpha"]
+        lines += [
+            "",
+            f"What an exact sampler of p or p^{a:g} would score, estimated from the answers any method "
+            "produced (each target restricted to them; unseen answers are mostly wrong, so this overstates "
+            f"p, much less p^{a:g}, which suppresses the unseen tail; `seen mass` is the share of p they "
+            f"cover), and by self-normalised importance weights p^{a - 1:g} on the T = 1 draws:",
+            "",
+            f"| subset | problems | p | p^{a:g} | p^{a:g} by importance weights | seen mass |",
+            "|---|---|---|---|---|---|",
+        ]
+        for subset, row in target["subsets"].items():
+            cells = [subset, str(row["problems"]), f"{row['p']:.3f}", f"{row['p^alpha']:.3f}"]
+            cells += [_num(row.get("p^alpha_is"), ".3f"), f"{row['seen_mass']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    pvl = diag.get("power_vs_low_temp")
+    if pvl:
+        gain = pvl["mean_logp_gain_when_changed"]
+        lines += [
+            "",
+            f"Power chains against low-temp's draw from the same seed: {pvl['unchanged']} of {pvl['chains']} "
+            f"ended on the same answer; {pvl['changed']} changed ({pvl['wrong_to_right']} wrong→right, "
+            f"{pvl['right_to_wrong']} right→wrong, {pvl['same_correctness']} no change in correctness), "
+            f"log p {'–' if gain is None else f'{gain:+.2f}'} on average when changed "
+            f"({pvl['logp_increased']} of {pvl['changed']} increased).",
+        ]
     if summary.get("missing"):
         lines += ["", "Problems not yet run: " + ", ".join(f"{k} {v}" for k, v in summary["missing"].items())]
     return "\n".join(lines) + "\n"
@@ -175,6 +294,7 @@ def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     methods: dict[str, Any] = summary["methods"]
     if not methods:
@@ -212,11 +332,12 @@ def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                 ks = sorted(int(k) for k in pk)
                 ax.plot(ks, [pk[str(k)] for k in ks], marker="o", label=name)
         ax.set_title(f"pass@k ({subset})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("k")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("pass@k")
-    axes[0][-1].legend(loc="lower right", fontsize="small")
+    axes[0][0].legend(loc="best", fontsize="small")
     fig.tight_layout()
     paths.append(out_dir / "pass_at_k.png")
     fig.savefig(paths[-1], dpi=120)

@@ -218,6 +218,7 @@ def _sample_record(result: ReasonResult, dataset: Dataset, problem: Problem) -> 
         "finish_reason": result.finish_reason,
         "tokens_spent": result.tokens_spent,
         "generated_tokens": len(result.token_ids),
+        "token_ids": list(result.token_ids),
         "mcmc_steps": result.mcmc_steps,
         "accepted_steps": result.accepted_steps,
         "changed_steps": result.changed_steps,
