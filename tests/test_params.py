@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from powersampling import InvalidArgument, SamplingParams, reason
 from powersampling.engines.toy import ToyEngine
 
@@ -49,7 +48,13 @@ def test_invalid_values_name_their_field(kwargs: dict, field: str) -> None:
 
 def test_defaults_are_the_papers() -> None:
     p = SamplingParams()
-    assert (p.alpha, p.temperature, p.mcmc_steps, p.max_new_tokens, p.block_size) == (4.0, 0.25, 10, 3072, 192)
+    assert (p.alpha, p.temperature, p.mcmc_steps, p.max_new_tokens, p.block_size) == (
+        4.0,
+        0.25,
+        10,
+        3072,
+        192,
+    )
     assert SamplingParams(method="sample").temperature == 1.0
     assert SamplingParams(method="low-temp", alpha=2).temperature == 0.5
     assert SamplingParams(method="greedy").temperature == 0.0
@@ -57,8 +62,13 @@ def test_defaults_are_the_papers() -> None:
 
 
 def toy() -> ToyEngine:
-    return ToyEngine(vocab_size=3, eos_id=2, next_token_logprobs=lambda p: [0.0, 0.0, -1.0], max_context_tokens=16,
-                     token_strings=["a", "b", ""])
+    return ToyEngine(
+        vocab_size=3,
+        eos_id=2,
+        next_token_logprobs=lambda p: [0.0, 0.0, -1.0],
+        max_context_tokens=16,
+        token_strings=["a", "b", ""],
+    )
 
 
 @pytest.mark.parametrize(

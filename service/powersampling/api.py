@@ -136,7 +136,9 @@ async def reason_async(
                 seed=params.seed,
                 chain_index=state.chain_index,
                 prompt_tokens=len(prompt_ids),
-                resumed_from_block=resume[state.chain_index].blocks_done if state.chain_index in resume else 0,
+                resumed_from_block=resume[state.chain_index].blocks_done
+                if state.chain_index in resume
+                else 0,
             )
         )
     return results

@@ -8,11 +8,11 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from powersampling import InvalidArgument, SamplingParams, reason, reason_async
 from powersampling.engines.toy import ToyEngine
 from powersampling.events import BlockFinished, McmcStepSkipped, McmcStepTaken
 from powersampling.sampler import BudgetPlan
+
 from tests.sampler.toy_models import markov_engine, position_engine
 
 
@@ -99,7 +99,7 @@ def test_budget_plan_spreads_steps_over_blocks() -> None:
 
 
 def test_budget_below_max_new_tokens_is_an_error() -> None:
-    with pytest.raises(InvalidArgument, match="token_budget.*below max_new_tokens"):
+    with pytest.raises(InvalidArgument, match=r"token_budget.*below max_new_tokens"):
         SamplingParams(max_new_tokens=100, token_budget=99)
 
 
@@ -158,7 +158,9 @@ def test_resume_from_a_block_checkpoint_gives_the_uninterrupted_chain() -> None:
 
 def test_events_report_every_step() -> None:
     events: list = []
-    r = reason([0], long_engine(), block_size=4, max_new_tokens=8, mcmc_steps=3, seed=1, on_event=events.append)[0]
+    r = reason(
+        [0], long_engine(), block_size=4, max_new_tokens=8, mcmc_steps=3, seed=1, on_event=events.append
+    )[0]
     steps = [e for e in events if isinstance(e, McmcStepTaken)]
     skipped = [e for e in events if isinstance(e, McmcStepSkipped)]
     assert len(steps) == r.mcmc_steps and not skipped

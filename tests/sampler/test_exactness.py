@@ -12,12 +12,11 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from powersampling import reason
 from powersampling.engines.toy import ToyEngine, enumerate_power_distribution
 from powersampling.sampler import hastings_length_term, log_acceptance_ratio
 from powersampling.sampler import mh as mh_module
+from scipy import stats
 
 from tests.sampler.toy_models import EOS, markov_engine, position_engine
 
@@ -216,7 +215,9 @@ def test_sequences_of_different_lengths_are_compared_whole() -> None:
     lp_y, lq_y = sequence_logs(engine, y, tau)
     m = 1
     forward = log_acceptance_ratio(ALPHA, lp_x[m:], lq_x[m:], lp_y[m:], lq_y[m:]) + hastings_length_term(4, 2)
-    backward = log_acceptance_ratio(ALPHA, lp_y[m:], lq_y[m:], lp_x[m:], lq_x[m:]) + hastings_length_term(2, 4)
+    backward = log_acceptance_ratio(ALPHA, lp_y[m:], lq_y[m:], lp_x[m:], lq_x[m:]) + hastings_length_term(
+        2, 4
+    )
     assert forward == pytest.approx(-backward, abs=1e-12)
     # And the ratio uses all three tokens of x's suffix, not just the first one as a truncating
     # implementation would.

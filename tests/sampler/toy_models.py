@@ -23,7 +23,9 @@ def position_table(prefix: tuple[int, ...]) -> list[float]:
 
 
 def markov_engine() -> ToyEngine:
-    return ToyEngine(vocab_size=3, eos_id=EOS, next_token_logprobs=markov_table, token_strings=["a", "b", "</s>"])
+    return ToyEngine(
+        vocab_size=3, eos_id=EOS, next_token_logprobs=markov_table, token_strings=["a", "b", "</s>"]
+    )
 
 
 def position_engine() -> ToyEngine:

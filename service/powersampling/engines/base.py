@@ -96,10 +96,10 @@ class Engine(abc.ABC):
     def ready(self) -> bool:
         return True
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook: most engines load in __init__
         """Load whatever is needed; `ready` is true afterwards."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
         """Release the model and worker threads or processes."""
 
     def encode_prompt(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
@@ -122,12 +122,16 @@ class Engine(abc.ABC):
             vocab = self.vocab_size
             for t in items:
                 if not 0 <= t < vocab:  # type: ignore[operator]
-                    raise InvalidArgument("prompt", f"token id {t} is outside the vocabulary (0..{vocab - 1})")
+                    raise InvalidArgument(
+                        "prompt", f"token id {t} is outside the vocabulary (0..{vocab - 1})"
+                    )
             return [int(t) for t in items]  # type: ignore[arg-type]
         messages: list[ChatMessage] = []
         for i, m in enumerate(items):
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(
-                m.get("role"), str
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("content"), str)
+                or not isinstance(m.get("role"), str)
             ):
                 raise InvalidArgument(f"messages[{i}]", "each message needs a string 'role' and 'content'")
             if m["role"] not in ("system", "user", "assistant"):
@@ -215,7 +219,7 @@ class BatchingEngine(Engine):
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._run, batch)
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+            except Exception as exc:
                 error = exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}")
                 for p in batch:
                     if not p.future.done():

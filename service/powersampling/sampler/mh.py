@@ -54,9 +54,8 @@ def log_acceptance_ratio(
     """
     if not current_logp or not proposal_logp:
         raise ValueError("suffixes must be non-empty")
-    return (
-        alpha * (math.fsum(proposal_logp) - math.fsum(current_logp))
-        + (math.fsum(current_logq) - math.fsum(proposal_logq))
+    return alpha * (math.fsum(proposal_logp) - math.fsum(current_logp)) + (
+        math.fsum(current_logq) - math.fsum(proposal_logq)
     )
 
 
@@ -162,7 +161,9 @@ class PowerSampler:
                 tasks = [
                     group.create_task(
                         self.run_chain(
-                            resume[i] if i in resume else _Chain(i, chain_seed(self.params.seed, i)).snapshot()
+                            resume[i]
+                            if i in resume
+                            else _Chain(i, chain_seed(self.params.seed, i)).snapshot()
                         )
                     )
                     for i in range(self.params.n)
