@@ -12,9 +12,7 @@ from powersampling.params import SamplingParams
 KEY_VERSION = 1  # bump when the sampler's output for the same request changes
 
 
-def request_key(
-    fingerprint: str, tenant: str, prompt_ids: Sequence[int], params: SamplingParams
-) -> CacheKey:
+def request_key(fingerprint: str, tenant: str, prompt_ids: Sequence[int], params: SamplingParams) -> CacheKey:
     """Key of a request: model fingerprint, tenant, prompt token ids and every sampling parameter.
 
     The prompt enters as token ids, after the chat template: text and the equivalent messages share
