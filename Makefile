@@ -16,7 +16,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: pyproject.toml $(wildcard client/pyproject.toml) | $(VENV)/bin/python
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,bench]"
 	if [ -f client/pyproject.toml ]; then $(PIP) install --quiet -e "./client[mcp]"; fi
 	touch $@
 
