@@ -278,7 +278,17 @@ class VllmEngine(Engine):
     `model_dir` is a local Hugging Face folder with safetensors weights (a prepared model from
     `resolve_model`); GGUF files are not loaded. Construction reads only the tokenizer and config;
     `await start()` loads the model in vLLM's process (tens of seconds on a CPU). `extend` starts it
-    on first use if needed.
+    on first use if needed. The engine belongs to the event loop it started on; used from another
+    loop it restarts there.
+
+    Options: `device` "auto" (whatever the installed vllm runs on), "cpu" or "cuda" (checked against
+    it); `dtype` as vLLM takes it ("auto": the weights' dtype); `max_model_len` the context (default
+    min(the model's, 8192)); `block_size` the KV block in tokens, the prefix cache's grain (default
+    32 on CPUs, the smallest the CPU backend takes; vLLM's default on GPUs); `max_num_seqs` requests
+    vLLM runs at once; `num_logprobs` K of the top-K log p behind each log q; `logq_tolerance` the
+    largest error bound (nats) accepted for log q before Z is tightened; `kv_cache_gib` the CPU KV
+    cache (``VLLM_CPU_KVCACHE_SPACE``, default 2); `gpu_memory_utilization` on GPUs;
+    `engine_kwargs` any further `AsyncEngineArgs` fields (they win over the ones set here).
     """
 
     def __init__(
@@ -287,6 +297,7 @@ class VllmEngine(Engine):
         *,
         name: str | None = None,
         fingerprint: str | None = None,
+        device: str = "auto",
         dtype: str = "auto",
         max_model_len: int | None = None,
         block_size: int | None = None,
@@ -317,6 +328,9 @@ class VllmEngine(Engine):
             raise InvalidArgument("logq_tolerance", "must be a finite number >= 0")
         if max_num_seqs < 1:
             raise InvalidArgument("max_num_seqs", "must be at least 1")
+        if device not in ("auto", "cpu", "cuda"):
+            raise InvalidArgument("device", f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'")
+        self._requested_device = device
         self.path = path.resolve()
         self._load_tokenizer_and_config(name or path.name)
         max_len = self._max_position if max_model_len is None else int(max_model_len)
@@ -346,6 +360,7 @@ class VllmEngine(Engine):
         self._inflight: set[str] = set()
         self._device = "unknown"
         self._vllm_version = "unknown"
+        self._runtime_dtype = dtype
         self.stats = VllmEngineStats()
         self._info = self._make_info()
 
@@ -402,7 +417,7 @@ class VllmEngine(Engine):
             device=self._device,
             extra={
                 "vllm": self._vllm_version,
-                "dtype": self._cfg.dtype,
+                "dtype": self._runtime_dtype,
                 "logprobs_mode": "raw_logprobs",
                 "logq": f"top-{self._cfg.num_logprobs} bound, exact above {self._cfg.logq_tolerance:g}",
             },
@@ -474,6 +489,12 @@ class VllmEngine(Engine):
             else:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KVCACHE_GIB))
         self._device = str(current_platform.device_type or "unknown")
+        if self._requested_device not in ("auto", self._device):
+            raise InvalidArgument(
+                "device",
+                f"{self._requested_device!r} was asked for, but the installed vllm runs on {self._device!r} "
+                "(vllm-cpu runs on the CPU, the vllm package on GPUs)",
+            )
         self._vllm_version = str(getattr(vllm, "__version__", "unknown"))
         try:
             self._llm = AsyncLLM.from_engine_args(
@@ -484,6 +505,8 @@ class VllmEngine(Engine):
             raise EngineError(
                 f"vLLM could not load the model in {self.path}: {type(exc).__name__}: {exc}"
             ) from exc
+        model_config = getattr(self._llm, "model_config", None)
+        self._runtime_dtype = str(getattr(model_config, "dtype", self._cfg.dtype)).removeprefix("torch.")
         self._info = self._make_info()
 
     async def close(self) -> None:
@@ -519,6 +542,13 @@ class VllmEngine(Engine):
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @property
+    def llm(self) -> Any:
+        """The running vLLM `AsyncLLM` (for benchmarks and diagnostics)."""
+        if self._llm is None:
+            raise EngineError("the vLLM engine is not started (await engine.start())")
+        return self._llm
 
     @property
     def num_unfinished_requests(self) -> int:
