@@ -138,6 +138,11 @@ def test_processes_are_refused() -> None:
         assert result.outcome is Outcome.FAILED and "PermissionError: sandbox" in result.reason, code
 
 
+def test_heap_walks_are_refused() -> None:
+    result = run_python("import gc\ngc.get_objects()")
+    assert result.outcome is Outcome.FAILED and "heap introspection is not allowed" in result.reason
+
+
 def test_environment_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_TOKEN", "do-not-leak")
     result = run_python(

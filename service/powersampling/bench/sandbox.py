@@ -13,8 +13,12 @@ Layers, each enough to stop the common accidents and together a fair barrier for
   loopback interface that is down) when the machine allows it;
 * an audit hook (``sys.addaudithook``), installed before the candidate's code is compiled, that
   refuses socket creation and use, process creation (fork, exec, spawn, subprocess, os.system),
-  ctypes, and any file-system access outside the temporary directory, except reading the Python
-  standard library (imports need it).
+  ctypes, heap walks (gc), and any file-system access outside the temporary directory, except
+  reading the Python standard library (imports need it).
+
+What the hook cannot stop: code written to defeat it (e.g. by walking frames to the hook's closure,
+which the standard library's own use of frames keeps us from forbidding) could lift the file-system
+checks. The network namespace and the resource limits are enforced by the kernel and stay.
 
 Refusals raise ``PermissionError("sandbox: ...")`` inside the candidate, so its traceback names the
 reason. The outcome is a SandboxResult: passed, failed, timeout or memory.
@@ -83,7 +87,10 @@ def _main():
         "ctypes.dlopen": "ctypes is not allowed",
         "ctypes.dlsym": "ctypes is not allowed",
         "ctypes.cdata": "ctypes is not allowed",
-        "sys.addaudithook": "adding audit hooks is not allowed",
+        # Heap walks could find this hook and rewrite its closure (the standard library never needs them).
+        "gc.get_objects": "heap introspection is not allowed",
+        "gc.get_referrers": "heap introspection is not allowed",
+        "gc.get_referents": "heap introspection is not allowed",
         "os.chroot": "changing the root is not allowed",
         "webbrowser.open": "network access is disabled",
         "urllib.Request": "network access is disabled",
@@ -101,11 +108,8 @@ def _main():
         "glob.glob": (0,), "os.walk": (0,), "os.fwalk": (0,), "pathlib.Path.glob": (0,),
     }
     all_roots = (box, *read_roots)
-    active = False
 
     def hook(event, args):
-        if not active:
-            return
         if event.startswith("socket.") or event == "_ssl":
             refuse("network access is disabled (" + event + ")")
         if event == "import":
@@ -136,8 +140,7 @@ def _main():
                     refuse(event + " on " + repr(args[i]) + " outside the sandbox directory is not allowed")
 
     if audit:
-        sys.addaudithook(hook)
-        active = True
+        sys.addaudithook(hook)  # last: from here on the candidate's code is the only code that runs
     compiled = compile(code, "<candidate>", "exec")
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     exec(compiled, namespace)
