@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import types
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,12 +24,23 @@ from powersampling.errors import InvalidArgument
 NextTokenLogprobs = Callable[[tuple[int, ...]], Sequence[float]]
 
 
+def _code_digest(code: types.CodeType, h: hashlib._Hash) -> None:
+    h.update(code.co_code)
+    for const in code.co_consts:
+        # Nested functions and comprehensions are code objects whose repr holds a memory address:
+        # hash their contents instead, so the fingerprint is the same in every process.
+        if isinstance(const, types.CodeType):
+            _code_digest(const, h)
+        else:
+            h.update(repr(const).encode())
+
+
 def _callable_fingerprint(fn: Callable[..., object]) -> str:
+    """A stable hash of a table function's name and code (pass `fingerprint=` for anything richer)."""
     code = getattr(fn, "__code__", None)
     h = hashlib.sha256(getattr(fn, "__qualname__", type(fn).__qualname__).encode())
     if code is not None:
-        h.update(code.co_code)
-        h.update(repr(code.co_consts).encode())
+        _code_digest(code, h)
     return h.hexdigest()
 
 
