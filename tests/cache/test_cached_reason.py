@@ -387,7 +387,9 @@ async def test_requests_survive_a_redis_outage_and_caching_comes_back(
         _, status = await reason_cached(engine, PROMPT, seeded_params(), cache=cache)
         if status is not CacheStatus.DISABLED:
             break
-    assert status is CacheStatus.MISS  # the trial call found Redis back
+    # The trial call found Redis back: as a read (a miss on the empty server), or already as the
+    # write at the end of the previous request (then this read is a hit).
+    assert status in (CacheStatus.MISS, CacheStatus.HIT)
     _, status = await reason_cached(engine, PROMPT, seeded_params(), cache=cache)
     assert status is CacheStatus.HIT
     await cache.close()
