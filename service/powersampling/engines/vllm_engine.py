@@ -50,6 +50,7 @@ Scripts that start this engine need an ``if __name__ == "__main__":`` guard (vLL
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import importlib.util
@@ -59,6 +60,7 @@ import logging
 import math
 import os
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +257,12 @@ def _make_stats_logger_factory(stats: VllmEngineStats) -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # The engine
+
+
+def _close_at_exit(ref: weakref.ReferenceType[VllmEngine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine._shutdown_now()
 
 
 @dataclass(slots=True)
@@ -475,8 +483,10 @@ class VllmEngine(Engine):
 
     def _build(self) -> None:
         """Create the AsyncLLM into `self._llm` (no local keeps it: vLLM may retain this frame)."""
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+        # vLLM logs to stdout at INFO by default, which would mix with a command's output. Set these
+        # variables before vllm is first imported to see more.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -505,6 +515,9 @@ class VllmEngine(Engine):
             raise EngineError(
                 f"vLLM could not load the model in {self.path}: {type(exc).__name__}: {exc}"
             ) from exc
+        # A caller that never closes the engine (a one-shot command) still gets an orderly stop at
+        # exit, while the modules vLLM's shutdown needs are alive.
+        atexit.register(_close_at_exit, weakref.ref(self))
         model_config = getattr(self._llm, "model_config", None)
         self._runtime_dtype = str(getattr(model_config, "dtype", self._cfg.dtype)).removeprefix("torch.")
         self._info = self._make_info()
@@ -512,6 +525,16 @@ class VllmEngine(Engine):
     async def close(self) -> None:
         """Abort what is running and stop vLLM's processes."""
         await self._shutdown()
+
+    def _shutdown_now(self) -> None:
+        """Stop vLLM synchronously (at interpreter exit, when no event loop runs any more)."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        with contextlib.suppress(Exception):
+            llm.shutdown()
+        del llm
+        gc.collect()
 
     async def _shutdown(self) -> None:
         llm, self._llm = self._llm, None
