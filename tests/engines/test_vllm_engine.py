@@ -466,8 +466,8 @@ def test_default_model_logprobs_match_torch() -> None:
     ).eval()
     for req, ext in zip(reqs, out, strict=True):
         logp, logq = reference(model, req.prefix, ext.token_ids, req.temperature)
-        # A 24-layer model: kernels' rounding differences grow through the layers.
-        assert ext.logp == pytest.approx(logp, abs=2e-3)
-        assert ext.logq == pytest.approx(logq, abs=2e-3 / req.temperature)
+        # Measured: 4e-5 for both; 24 layers of kernels that round differently leave this margin.
+        assert ext.logp == pytest.approx(logp, abs=5e-4)
+        assert ext.logq == pytest.approx(logq, abs=5e-4 / req.temperature)
         assert math.isfinite(sum(ext.logq))
     assert eng.stats.logq_bound_max <= 1e-6
