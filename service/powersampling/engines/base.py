@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -146,6 +147,30 @@ class Engine(abc.ABC):
     @property
     @abc.abstractmethod
     def vocab_size(self) -> int: ...
+
+    def check_requests(self, requests: Sequence[ExtendRequest]) -> None:
+        """Refuse a malformed request with InvalidArgument naming it (`requests[k].field`).
+
+        Engines call this in the caller's task, before batching, so a bad request fails its own
+        caller and not everyone who shares the batch.
+        """
+        context = self.info.max_context_tokens
+        vocab = self.vocab_size
+        for k, request in enumerate(requests):
+            where = f"requests[{k}]"
+            if not request.prefix:
+                raise InvalidArgument(f"{where}.prefix", "must hold at least one token")
+            if len(request.prefix) >= context:
+                raise InvalidArgument(
+                    f"{where}.prefix",
+                    f"{len(request.prefix)} tokens leave no room in the {context}-token context",
+                )
+            if min(request.prefix) < 0 or max(request.prefix) >= vocab:
+                raise InvalidArgument(f"{where}.prefix", f"token ids must lie in 0..{vocab - 1}")
+            if request.max_new_tokens < 0:
+                raise InvalidArgument(f"{where}.max_new_tokens", "must be >= 0")
+            if not (math.isfinite(request.temperature) and request.temperature >= 0):
+                raise InvalidArgument(f"{where}.temperature", "must be a finite number >= 0 (0 is greedy)")
 
 
 @dataclass(slots=True)

@@ -15,7 +15,6 @@ top-k, top-p or repetition penalty: the Metropolis-Hastings ratio needs q exactl
 from __future__ import annotations
 
 import inspect
-import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -241,31 +240,14 @@ class TorchEngine(BatchingEngine):
 
     # ------------------------------------------------------------------ generation
 
-    def _check(self, request: ExtendRequest, field: str) -> None:
-        if not request.prefix:
-            raise InvalidArgument(f"{field}.prefix", "must hold at least one token")
-        if len(request.prefix) >= self._max_context:
-            raise InvalidArgument(
-                f"{field}.prefix",
-                f"{len(request.prefix)} tokens leave no room in the {self._max_context}-token context",
-            )
-        if min(request.prefix) < 0 or max(request.prefix) >= self._vocab_size:
-            raise InvalidArgument(f"{field}.prefix", f"token ids must lie in 0..{self._vocab_size - 1}")
-        if request.max_new_tokens < 0:
-            raise InvalidArgument(f"{field}.max_new_tokens", "must be >= 0")
-        if not (math.isfinite(request.temperature) and request.temperature >= 0):
-            raise InvalidArgument(f"{field}.temperature", "must be a finite number >= 0 (0 is greedy)")
-
     async def extend(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
         # Validate here, in the caller's task, so a bad request fails its caller and not the whole batch.
-        for k, request in enumerate(requests):
-            self._check(request, f"requests[{k}]")
+        self.check_requests(requests)
         return await super().extend(requests)
 
     def extend_batch(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
         """Extend all `requests` as one padded batch; results in the order of `requests`."""
-        for k, request in enumerate(requests):
-            self._check(request, f"requests[{k}]")
+        self.check_requests(requests)
         results: list[Extension] = [_EMPTY] * len(requests)
         rows = [i for i, r in enumerate(requests) if r.max_new_tokens > 0 and not self.is_cancelled(i)]
         if not rows:

@@ -603,25 +603,9 @@ class VllmEngine(Engine):
 
     # ------------------------------------------------------------------ generation
 
-    def _check(self, request: ExtendRequest, where: str) -> None:
-        limit = self._cfg.max_model_len
-        if not request.prefix:
-            raise InvalidArgument(f"{where}.prefix", "must hold at least one token")
-        if len(request.prefix) >= limit:
-            raise InvalidArgument(
-                f"{where}.prefix", f"{len(request.prefix)} tokens leave no room in the {limit}-token context"
-            )
-        if min(request.prefix) < 0 or max(request.prefix) >= self._vocab_size:
-            raise InvalidArgument(f"{where}.prefix", f"token ids must lie in 0..{self._vocab_size - 1}")
-        if request.max_new_tokens < 0:
-            raise InvalidArgument(f"{where}.max_new_tokens", "must be >= 0")
-        if not (math.isfinite(request.temperature) and request.temperature >= 0):
-            raise InvalidArgument(f"{where}.temperature", "must be a finite number >= 0 (0 is greedy)")
-
     async def extend(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
         """Extend every request, each as its own vLLM request, concurrently."""
-        for k, request in enumerate(requests):
-            self._check(request, f"requests[{k}]")
+        self.check_requests(requests)
         if self._llm is None or self._loop is not asyncio.get_running_loop():
             await self.start()
         return list(await asyncio.gather(*(self._extend_one(r) for r in requests)))
