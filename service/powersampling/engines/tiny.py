@@ -18,6 +18,14 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Head size 32: a shape vLLM's CPU attention kernels take (the default build's head size 12 is not).
+HEAD_DIM_32: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+
 _CORPUS = [
     "Power sampling draws from p(x)^alpha with Metropolis-Hastings over blocks of tokens.",
     "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { }",
