@@ -15,6 +15,7 @@ from powersampling.params import MAX_TOKENS_LIMIT, Method, SamplingParams
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
 MIB = 1 << 20
+MIN_CACHE_SECRET_CHARS = 16
 
 
 class ServerConfig(BaseSettings):
@@ -33,6 +34,32 @@ class ServerConfig(BaseSettings):
     )
     device: str = Field("auto", min_length=1, description="device for the engine: auto, cpu, cuda, ...")
     redis_url: str | None = Field(None, description="Redis URL of the chain cache; unset: no cache")
+
+    # The chain cache (Redis; see docs/cache.md). Only used with redis_url.
+    cache_answer_ttl_s: float = Field(
+        24 * 3600.0, gt=0, le=366 * 24 * 3600, description="lifetime of a cached completed answer, seconds"
+    )
+    cache_checkpoint_ttl_s: float = Field(
+        3600.0, gt=0, le=366 * 24 * 3600, description="lifetime of a request's checkpoints, renewed per block"
+    )
+    cache_timeout_s: float = Field(0.25, gt=0, le=60, description="Redis socket read timeout, seconds")
+    cache_connect_timeout_s: float | None = Field(
+        None, gt=0, le=60, description="Redis connect timeout; unset: cache_timeout_s (5x for rediss://)"
+    )
+    cache_max_value_bytes: int = Field(
+        4 * MIB, ge=1024, le=512 * MIB, description="largest value stored or read; larger ones are deleted"
+    )
+    cache_secret: str | None = Field(
+        None,
+        repr=False,
+        min_length=MIN_CACHE_SECRET_CHARS,
+        description="key of the MAC that authenticates cache values, the same on every replica; unset: a "
+        "random key per process (no reuse across replicas or restarts). A flag shows in the process list: "
+        "prefer cache_secret_file or the environment variable",
+    )
+    cache_secret_file: Path | None = Field(
+        None, description="file holding cache_secret (its trailing newline ignored)"
+    )
 
     # Capacity and request limits.
     max_concurrent_requests: int = Field(4, ge=1, le=10_000, description="requests sampled at once")
@@ -86,6 +113,30 @@ class ServerConfig(BaseSettings):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
         return key
 
+    @field_validator("cache_secret_file")
+    @classmethod
+    def _cache_secret_readable(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None:
+            if info.data.get("cache_secret") is not None:
+                raise ValueError("set cache_secret or cache_secret_file, not both")
+            _read_secret(path)  # readable and long enough, now rather than at the first request
+        return path
+
+    def cache_secret_value(self) -> str | None:
+        """The cache secret, read from cache_secret_file if that is how it is given."""
+        return self.cache_secret if self.cache_secret_file is None else _read_secret(self.cache_secret_file)
+
+    def cache_options(self) -> dict[str, Any]:
+        """The settings of the Redis chain cache, as `RedisChainCache.from_url` takes them."""
+        return {
+            "ttl_s": self.cache_answer_ttl_s,
+            "partial_ttl_s": self.cache_checkpoint_ttl_s,
+            "timeout_s": self.cache_timeout_s,
+            "connect_timeout_s": self.cache_connect_timeout_s,
+            "max_value_bytes": self.cache_max_value_bytes,
+            "secret": self.cache_secret_value(),
+        }
+
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None
@@ -105,6 +156,18 @@ class ServerConfig(BaseSettings):
             mcmc_steps=self.default_mcmc_steps,
             token_budget=self.default_token_budget,
         )
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(secret) < MIN_CACHE_SECRET_CHARS:
+        raise ValueError(
+            f"the secret must be at least {MIN_CACHE_SECRET_CHARS} characters, {path} holds {len(secret)}"
+        )
+    return secret
 
 
 def load_config(**overrides: Any) -> ServerConfig:

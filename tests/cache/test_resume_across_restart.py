@@ -24,6 +24,7 @@ from .support import PROMPT, RedisServer, make_engine, seeded_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECONDS_PER_BATCH = 0.03  # 4 batches per block (extension + 3 MCMC steps): ~0.12 s per block
+CACHE_SECRET = "a test secret shared by the servers"
 
 
 class ServerProcess:
@@ -34,6 +35,7 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT), str(REPO_ROOT / "service"), env.get("PYTHONPATH", "")]
         )
+        env["POWERSAMPLING_CACHE_SECRET"] = CACHE_SECRET  # what lets the second server use the first's
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.cache.slow_server", redis_url, str(seconds_per_batch)],
             cwd=REPO_ROOT,

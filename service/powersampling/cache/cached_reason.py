@@ -10,8 +10,8 @@ Semantics:
   here). A cache that reports itself unreachable (`available` false) gives status "disabled"; its
   writes are still attempted, so caching resumes by itself when it comes back.
 * What comes back from the cache is checked against the request before use (chain indices, seeds,
-  lengths against the block plan, token ids against the vocabulary): an entry that does not fit is
-  ignored, never served.
+  lengths against the block plan, token ids against the vocabulary, an answer's text against the
+  text of its token ids): an entry that does not fit is ignored, never served.
 * Checkpoints are written after every finished block, in block order per chain, at most one write in
   flight per chain (a slow cache sees only each chain's newest state); the completed answer is
   written after every checkpoint write has ended.
@@ -31,6 +31,7 @@ from powersampling.engines.base import Engine
 from powersampling.events import BlockFinished, ChainState, EventSink, SamplerEvent
 from powersampling.params import SamplingParams
 from powersampling.sampler import BudgetPlan, chain_seed
+from powersampling.sampler.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +144,23 @@ async def _quietly(call: Callable[[], Awaitable[T]], default: T) -> T:
 
 
 def _fits_completed(results: Sequence[ReasonResult], params: SamplingParams, engine: Engine) -> bool:
-    """Whether a stored answer is one of this request: n chains in order, this seed, known tokens."""
+    """Whether a stored answer is one of this request: n chains in order, this seed, known tokens,
+    and each text the very text of its token ids (what the sampler would have produced)."""
     vocab = engine.vocab_size
     return len(results) == params.n and all(
         r.chain_index == i
         and r.seed == params.seed
         and len(r.token_ids) <= params.max_new_tokens
         and all(0 <= t < vocab for t in r.token_ids)
+        and r.text == _text_of(engine, params, r.token_ids)
         for i, r in enumerate(results)
     )
+
+
+def _text_of(engine: Engine, params: SamplingParams, token_ids: Sequence[int]) -> str:
+    """An answer's text from its token ids, as the sampler makes it (cut before a stop string)."""
+    text = engine.detokenize(token_ids)
+    return StopMatcher(params.stop, engine.detokenize).trim_text(text) if params.stop else text
 
 
 def _fits_checkpoint(

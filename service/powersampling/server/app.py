@@ -17,6 +17,7 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -126,7 +127,7 @@ async def serve(
         telemetry = default_telemetry()
         owns.add("telemetry")
     if cache is None and config.redis_url:
-        cache = await open_cache(config.redis_url)
+        cache = await open_cache(config.redis_url, **config.cache_options())
         owns.add("cache")
     authenticator = Authenticator(config.auth_token, config.auth_tokens)
     servicer = ReasoningServicer(config, cache=cache, telemetry=telemetry, authenticator=authenticator)
@@ -272,8 +273,8 @@ def build_engine(config: ServerConfig) -> Engine:
     return load_engine(config.model, engine=config.engine, device=config.device)
 
 
-async def open_cache(redis_url: str) -> ChainCache:
-    """The Redis chain cache at `redis_url`."""
+async def open_cache(redis_url: str, **options: Any) -> ChainCache:
+    """The Redis chain cache at `redis_url` (`options`: see `RedisChainCache.from_url`)."""
     try:
         from powersampling.cache.redis_cache import RedisChainCache
     except ImportError as exc:
@@ -281,7 +282,7 @@ async def open_cache(redis_url: str) -> ChainCache:
             "redis_url", f"the Redis cache is not available in this installation ({exc})"
         ) from None
     try:
-        cache = RedisChainCache.from_url(redis_url)
+        cache = RedisChainCache.from_url(redis_url, **options)
     except ValueError as exc:  # a malformed URL
         raise InvalidArgument("redis_url", str(exc)) from None
     if inspect.isawaitable(cache):
