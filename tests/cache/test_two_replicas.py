@@ -1,0 +1,81 @@
+"""Two `powersampling serve` replicas on one Redis: a seeded request whose replica is SIGKILLed
+mid-way is re-sent to the other, which resumes it from the checkpoints in Redis and answers exactly
+what an uninterrupted run answers (the story docs/scaling.md tells)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from powersampling._proto.v1 import reasoning_pb2 as pb
+from powersampling.api import reason_async
+from powersampling.cache.redis_cache import KEY_PREFIX
+from powersampling.engines.toy import demo_engine
+from powersampling.params import SamplingParams
+
+from .replicas import ServeProcess, reason_request, stream, wait_for
+from .support import RedisServer
+
+SECRET = "the secret both replicas are given"
+PROMPT_IDS = [1, 2, 3]
+# 8 chains of 32 blocks: a few seconds on the demo toy model, so the kill lands mid-way.
+PARAMS = SamplingParams(alpha=4.0, block_size=8, max_new_tokens=256, mcmc_steps=4, seed=2027, n=8)
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer) -> Iterator[list[ServeProcess]]:
+    started = [ServeProcess(redis_server.url, secret=SECRET) for _ in range(2)]
+    yield started
+    for replica in started:
+        replica.kill()
+
+
+async def test_a_request_killed_on_one_replica_resumes_on_the_other(
+    redis_server: RedisServer, replicas: list[ServeProcess]
+) -> None:
+    first, second = replicas
+    request = reason_request(PROMPT_IDS, PARAMS, tenant="replicas")
+    r = redis.Redis.from_url(redis_server.url)
+
+    def checkpoints_stored() -> bool:
+        return any(r.hlen(name) for name in r.scan_iter(f"{KEY_PREFIX}:*:chains"))
+
+    progress = 0
+    for event in stream(first.target, request):
+        assert not event.HasField("final"), "the request finished before its replica was killed"
+        if event.HasField("started"):
+            assert event.started.cache_status == pb.CACHE_STATUS_MISS
+        if event.HasField("progress"):
+            progress += 1
+            # Mid-way: once a block has finished and its checkpoint is in Redis.
+            assert wait_for(checkpoints_stored, 10.0)
+            first.kill()
+            break
+    assert progress == 1 and first.process.returncode == -9
+
+    events = list(stream(second.target, request))
+    assert events[0].HasField("started") and events[-1].HasField("final")
+    assert events[0].started.cache_status == pb.CACHE_STATUS_RESUMED
+    assert events[0].started.resumed_from_block >= 1
+    final = events[-1].final
+    assert final.cache_status == pb.CACHE_STATUS_RESUMED
+
+    expected = await reason_async(PROMPT_IDS, demo_engine(), PARAMS)
+    assert len(final.answers) == len(expected) == PARAMS.n
+    for answer, want in zip(final.answers, expected, strict=True):
+        assert list(answer.token_ids) == want.token_ids
+        assert answer.text == want.text
+        assert answer.stats.tokens_spent == want.tokens_spent
+        assert answer.stats.mcmc_steps == want.mcmc_steps
+        assert answer.stats.accepted == want.accepted_steps
+        assert answer.stats.changed == want.changed_steps
+        assert answer.stats.log_prob == pytest.approx(want.log_prob)
+
+    # Finished on the second replica, the request is a hit on any replica sharing the secret.
+    third = ServeProcess(redis_server.url, secret=SECRET)
+    replicas.append(third)
+    events = list(stream(third.target, request))
+    assert events[-1].final.cache_status == pb.CACHE_STATUS_HIT
+    assert [list(a.token_ids) for a in events[-1].final.answers] == [w.token_ids for w in expected]
+    r.close()
