@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
+import redis
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
+from powersampling.cache.redis_cache import KEY_PREFIX
 from powersampling.params import SamplingParams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -130,3 +132,36 @@ def wait_for(condition: Callable[[], object], timeout_s: float, interval_s: floa
             return True
         time.sleep(interval_s)
     return False
+
+
+def kill_mid_request(
+    first: ServeProcess,
+    second: ServeProcess,
+    request: pb.ReasonRequest,
+    redis_url: str,
+    timeout_s: float = 60.0,
+) -> tuple[list[pb.ReasonEvent], list[pb.ReasonEvent]]:
+    """Send `request` to `first` and SIGKILL it mid-way, once a Progress event has come and a
+    checkpoint is in Redis; then send the request to `second`. Returns the events of both calls.
+
+    RuntimeError if the request finished on `first` before the kill (it must be long enough).
+    """
+    store = redis.Redis.from_url(redis_url)
+
+    def checkpoint_stored() -> bool:
+        return any(store.hlen(name) for name in store.scan_iter(f"{KEY_PREFIX}:*:chains"))
+
+    before: list[pb.ReasonEvent] = []
+    try:
+        for event in stream(first.target, request, timeout_s):
+            before.append(event)
+            if event.HasField("final"):
+                raise RuntimeError("the request finished before its replica was killed")
+            if event.HasField("progress"):
+                if not wait_for(checkpoint_stored, 10.0):
+                    raise RuntimeError("no checkpoint reached Redis within 10 s")
+                first.kill()
+                break
+    finally:
+        store.close()
+    return before, list(stream(second.target, request, timeout_s))

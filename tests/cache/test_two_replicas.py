@@ -7,14 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.api import reason_async
-from powersampling.cache.redis_cache import KEY_PREFIX
 from powersampling.engines.toy import demo_engine
 from powersampling.params import SamplingParams
 
-from .replicas import ServeProcess, reason_request, stream, wait_for
+from .replicas import ServeProcess, kill_mid_request, reason_request, stream
 from .support import RedisServer
 
 SECRET = "the secret both replicas are given"
@@ -36,32 +34,22 @@ async def test_a_request_killed_on_one_replica_resumes_on_the_other(
 ) -> None:
     first, second = replicas
     request = reason_request(PROMPT_IDS, PARAMS, tenant="replicas")
-    r = redis.Redis.from_url(redis_server.url)
+    before, events = kill_mid_request(first, second, request, redis_server.url)
+    assert before[0].started.cache_status == pb.CACHE_STATUS_MISS
+    assert [e.WhichOneof("event") for e in before] == ["started", "progress"]  # killed mid-way
+    assert first.process.returncode == -9
 
-    def checkpoints_stored() -> bool:
-        return any(r.hlen(name) for name in r.scan_iter(f"{KEY_PREFIX}:*:chains"))
-
-    progress = 0
-    for event in stream(first.target, request):
-        assert not event.HasField("final"), "the request finished before its replica was killed"
-        if event.HasField("started"):
-            assert event.started.cache_status == pb.CACHE_STATUS_MISS
-        if event.HasField("progress"):
-            progress += 1
-            # Mid-way: once a block has finished and its checkpoint is in Redis.
-            assert wait_for(checkpoints_stored, 10.0)
-            first.kill()
-            break
-    assert progress == 1 and first.process.returncode == -9
-
-    events = list(stream(second.target, request))
     assert events[0].HasField("started") and events[-1].HasField("final")
     assert events[0].started.cache_status == pb.CACHE_STATUS_RESUMED
     assert events[0].started.resumed_from_block >= 1
     final = events[-1].final
     assert final.cache_status == pb.CACHE_STATUS_RESUMED
 
-    expected = await reason_async(PROMPT_IDS, demo_engine(), PARAMS)
+    engine = demo_engine()
+    try:
+        expected = await reason_async(PROMPT_IDS, engine, PARAMS)
+    finally:
+        await engine.close()
     assert len(final.answers) == len(expected) == PARAMS.n
     for answer, want in zip(final.answers, expected, strict=True):
         assert list(answer.token_ids) == want.token_ids
@@ -78,4 +66,3 @@ async def test_a_request_killed_on_one_replica_resumes_on_the_other(
     events = list(stream(third.target, request))
     assert events[-1].final.cache_status == pb.CACHE_STATUS_HIT
     assert [list(a.token_ids) for a in events[-1].final.answers] == [w.token_ids for w in expected]
-    r.close()
