@@ -65,7 +65,7 @@ from powersampling.params import SamplingParams  # noqa: E402
 from powersampling.sampler import chain_seed  # noqa: E402
 
 from tests.cache.replicas import ServeProcess, kill_mid_request, reason_request  # noqa: E402
-from tests.cache.support import RedisServer  # noqa: E402
+from tests.cache.support import RedisServer, reseal_publicly  # noqa: E402
 
 REASON = "/powersampling.v1.ReasoningService/Reason"
 DESCRIBE = "/powersampling.v1.ReasoningService/Describe"
@@ -475,19 +475,6 @@ async def redis_faults(replica: ServeProcess, store: RedisServer, mode: Mode, fi
 # ---------------------------------------------------------------------------------------------
 
 
-def _reseal_publicly(value: bytes, change: dict[str, Any]) -> bytes:
-    """`value` with its body changed, sealed with every checksum computable without the secret."""
-    envelope = msgpack.unpackb(value)
-    body = msgpack.unpackb(envelope["body"])
-    if "results" in body:
-        body["results"] = [entry | change for entry in body["results"]]
-    else:
-        body |= change
-    envelope["body"] = msgpack.packb(body)
-    envelope["mac"] = envelope["check"] = bytes(32)
-    return msgpack.packb(envelope)
-
-
 DONE_CORRUPTIONS = (
     "garbage",
     "empty",
@@ -521,7 +508,7 @@ def done_corruptions(digest: str, valid: bytes, results: list[ReasonResult]) -> 
         "truncated": valid[: len(valid) // 2],
         "one bit flipped": bytes(flipped),
         "another version": msgpack.packb(envelope | {"v": envelope["v"] + 1}),
-        "re-sealed without the secret, text PWNED": _reseal_publicly(valid, {"text": "PWNED"}),
+        "re-sealed without the secret, text PWNED": reseal_publicly(valid, {"text": "PWNED"}),
         "re-sealed without the secret, other ids": encode_completed(digest, other_ids),
         "sealed with another secret": encode_completed(digest, other_ids, key=mac_key(OTHER_SECRET)),
         "real secret, text PWNED": encode_completed(

@@ -4,6 +4,7 @@ reliability suite (benchmarks/reliability.py): start, wait until serving, SIGKIL
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import grpc
 import redis
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
+from powersampling.api import ReasonResult
 from powersampling.cache.redis_cache import KEY_PREFIX
 from powersampling.params import SamplingParams
 
@@ -116,6 +118,17 @@ def reason_request(prompt_ids: Sequence[int], params: SamplingParams, tenant: st
         n=params.n,
         tenant=tenant,
     )
+
+
+def assert_same_answer(answer: pb.Answer, expected: ReasonResult) -> None:
+    """An Answer of the service is the ReasonResult of a run in this process: tokens, text, stats."""
+    assert list(answer.token_ids) == expected.token_ids
+    assert answer.text == expected.text
+    assert answer.stats.tokens_spent == expected.tokens_spent
+    assert answer.stats.mcmc_steps == expected.mcmc_steps
+    assert answer.stats.accepted == expected.accepted_steps
+    assert answer.stats.changed == expected.changed_steps
+    assert math.isclose(answer.stats.log_prob, expected.log_prob, rel_tol=1e-6, abs_tol=1e-12)
 
 
 def stream(target: str, request: pb.ReasonRequest, timeout_s: float = 60.0) -> Iterator[pb.ReasonEvent]:

@@ -30,7 +30,7 @@ from powersampling.params import SamplingParams
 from powersampling.sampler import chain_seed
 from redis.asyncio import Redis
 
-from .support import PROMPT, RedisServer, make_engine, result, seeded_params
+from .support import PROMPT, RedisServer, make_engine, reseal_publicly, result, seeded_params
 
 SECRET = "a secret of the replicas, 32 chars"
 OTHER_SECRET = "another secret, not the replicas"
@@ -42,21 +42,6 @@ def key_of(engine: ToyEngine, params: SamplingParams) -> CacheKey:
 
 def tokens(results: Sequence[ReasonResult]) -> list[tuple[list[int], str]]:
     return [(r.token_ids, r.text) for r in results]
-
-
-def reseal_publicly(value: bytes, change: dict[str, object]) -> bytes:
-    """`value` with its body changed and sealed again the way anyone could: every checksum a reader
-    without a secret could check (the former 8-byte BLAKE2b, an unkeyed 32-byte one)."""
-    envelope = msgpack.unpackb(value)
-    body = msgpack.unpackb(envelope["body"])
-    if "results" in body:
-        body["results"] = [entry | change for entry in body["results"]]
-    else:
-        body |= change
-    envelope["body"] = msgpack.packb(body)
-    envelope["check"] = hashlib.blake2b(envelope["body"], digest_size=8).digest()
-    envelope["mac"] = hashlib.blake2b(envelope["body"], digest_size=32).digest()
-    return msgpack.packb(envelope)
 
 
 async def test_a_re_sealed_answer_saying_pwned_is_not_served(redis_server: RedisServer) -> None:

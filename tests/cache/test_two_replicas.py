@@ -12,7 +12,7 @@ from powersampling.api import reason_async
 from powersampling.engines.toy import demo_engine
 from powersampling.params import SamplingParams
 
-from .replicas import ServeProcess, kill_mid_request, reason_request, stream
+from .replicas import ServeProcess, assert_same_answer, kill_mid_request, reason_request, stream
 from .support import RedisServer
 
 SECRET = "the secret both replicas are given"
@@ -52,13 +52,7 @@ async def test_a_request_killed_on_one_replica_resumes_on_the_other(
         await engine.close()
     assert len(final.answers) == len(expected) == PARAMS.n
     for answer, want in zip(final.answers, expected, strict=True):
-        assert list(answer.token_ids) == want.token_ids
-        assert answer.text == want.text
-        assert answer.stats.tokens_spent == want.tokens_spent
-        assert answer.stats.mcmc_steps == want.mcmc_steps
-        assert answer.stats.accepted == want.accepted_steps
-        assert answer.stats.changed == want.changed_steps
-        assert answer.stats.log_prob == pytest.approx(want.log_prob)
+        assert_same_answer(answer, want)
 
     # Finished on the second replica, the request is a hit on any replica sharing the secret.
     third = ServeProcess(redis_server.url, secret=SECRET)
