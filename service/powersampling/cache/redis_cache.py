@@ -16,7 +16,7 @@ digest and body}, whose body is a map of the fields (see `encode_checkpoint`, `e
 The MAC key comes from the cache secret (`mac_key`); without one, from a random key of this process,
 so that nothing another program wrote to Redis is ever used. Token ids and log-probabilities
 travel as packed little-endian arrays, float32 when that is lossless and float64 otherwise, so a
-resumed chain sees bit-identical numbers. Every value read is validated (envelope, checksum, types,
+resumed chain sees bit-identical numbers. Every value read is validated (envelope, MAC, types,
 ranges, consistent lengths, finite floats); one that fails (garbage, another version, truncated,
 inconsistent, written for another key or with another secret, another Redis type, larger than
 `max_value_bytes`) is logged, deleted and treated as absent. Reads are bounded: a value's size is
