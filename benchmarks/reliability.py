@@ -17,7 +17,7 @@ reported). It prints one table of figures:
 - a replica SIGKILLed mid-request, the request re-sent to another replica sharing the Redis:
   resumed, identical to an uninterrupted run (and, with different secrets, not resumed).
 
-    python benchmarks/reliability.py                  # the full suite (a few minutes)
+    python benchmarks/reliability.py                  # the full suite (about a minute)
     python benchmarks/reliability.py --quick          # reduced counts (tests/reliability runs it)
     python benchmarks/reliability.py --json out.json  # the figures as JSON too
 """
