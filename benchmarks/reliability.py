@@ -557,7 +557,7 @@ async def corrupt_values(replica: ServeProcess, store: RedisServer, figures: Fig
             first = await call(channel, request)
             done, chains, digest = _request_keys(client, tenant)
             valid = client.get(done)
-            assert valid is not None and first.answers
+            assert isinstance(valid, bytes) and first.answers
             if kind == "done":
                 results = decode_completed(digest, valid, key=mac_key(SECRET))
                 value = done_corruptions(digest, valid, results)[target]
@@ -674,7 +674,7 @@ async def run(mode: Mode, workdir: Path) -> Figures:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced counts and waits (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="reduced counts and waits (about 30 s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if shutil.which("redis-server") is None:

@@ -43,7 +43,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgpack
 import numpy as np
@@ -819,7 +819,7 @@ class RedisChainCache:
         if not isinstance(names, list):
             return {}
         indices: dict[int, bytes] = {}
-        for name in names:
+        for name in cast(list[bytes], names):  # the client decodes nothing: names are bytes
             try:
                 indices[_field_index(name)] = name
             except InvalidValue as exc:
@@ -849,7 +849,7 @@ class RedisChainCache:
             return {}
         return {
             index: (name, data)
-            for (index, name), data in zip(wanted.items(), values, strict=True)
+            for (index, name), data in zip(wanted.items(), cast(list[bytes | None], values), strict=True)
             # A value replaced by a larger one since its length was read is skipped, not used.
             if data is not None and len(data) <= self.settings.max_value_bytes
         }
