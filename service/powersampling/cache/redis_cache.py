@@ -2,8 +2,8 @@
 
 Key layout (one request = one hash tag, so a request's keys share a Cluster slot):
 
-    powersampling:v1:{tenant-hash}:{<digest>}:done     string  the completed answer (all n chains)
-    powersampling:v1:{tenant-hash}:{<digest>}:chains   hash    field "<i>": chain i's last checkpoint
+    powersampling:v2:{tenant-hash}:{<digest>}:done     string  the completed answer (all n chains)
+    powersampling:v2:{tenant-hash}:{<digest>}:chains   hash    field "<i>": chain i's last checkpoint
 
 `tenant-hash` is the first 16 hex digits of a sha256 of the tenant name, so no tenant name (":", "*",
 "{", ...) can escape its namespace; the tenant also enters the request digest, so one tenant can never
