@@ -68,7 +68,8 @@ async def reason_cached(
     resume: dict[int, ChainState] = {}
     if policy is CachePolicy.USE and _available(cache):
         completed = await _quietly(lambda: cache.get_completed(key), None)
-        if completed is not None and _fits_completed(completed, params, engine):
+        # Detokenizing every chain to check its text is real CPU work: keep it off the event loop.
+        if completed is not None and await asyncio.to_thread(_fits_completed, completed, params, engine):
             # Served as stored: latency_s and the statistics are those of the run that produced it.
             report(CacheStatus.HIT, 0)
             return completed, CacheStatus.HIT
