@@ -170,3 +170,20 @@ async def test_describe_sends_the_token(
     finally:
         await running.stop(0)
         await engine.close()
+
+
+def test_engine_knob_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ServerConfig] = []
+
+    async def fake_serve(config: ServerConfig) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(cli, "_serve_until_signalled", fake_serve)
+    monkeypatch.setenv("POWERSAMPLING_VLLM_PIPELINE_PARALLEL_SIZE", "2")
+    argv = ["serve", "--engine", "vllm", "--vllm-tensor-parallel-size", "8", "--engine-max-batch-size", "32"]
+    assert cli.main([*argv, "--vllm-distributed-executor-backend", "ray"]) == 0
+    (config,) = seen
+    options = config.engine_options()
+    assert (options["tensor_parallel_size"], options["pipeline_parallel_size"]) == (8, 2)
+    assert (options["max_num_seqs"], options["distributed_executor_backend"]) == (32, "ray")

@@ -9,8 +9,9 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from powersampling.engines.models import DEFAULT_MODEL
+from powersampling.engines.factory import EngineName
 from powersampling.errors import InvalidArgument
+from powersampling.models import DEFAULT_MODEL
 from powersampling.params import MAX_TOKENS_LIMIT, Method, SamplingParams
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
@@ -28,10 +29,34 @@ class ServerConfig(BaseSettings):
 
     # What to serve.
     model: str = Field(DEFAULT_MODEL, min_length=1, description="model name or local Hugging Face folder")
-    engine: str = Field(
-        "torch", min_length=1, description="engine that runs the model (torch, or toy for a demo)"
+    engine: EngineName = Field(
+        "torch", description="engine that runs the model: torch, vllm, or toy (a demo without weights)"
     )
     device: str = Field("auto", min_length=1, description="device for the engine: auto, cpu, cuda, ...")
+
+    # Engine knobs (unset: the engine's own default). vllm_* apply to the vllm engine only.
+    engine_max_batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="sequences in one batch (torch) or running at once (vllm)"
+    )
+    vllm_num_logprobs: int | None = Field(
+        None, ge=1, le=1 << 20, description="top-K log p behind each log q (its tail is bounded)"
+    )
+    vllm_max_model_len: int | None = Field(
+        None, ge=2, description="context length; unset: min(model's, 8192)"
+    )
+    vllm_gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of each GPU's memory vLLM may take"
+    )
+    vllm_tensor_parallel_size: int | None = Field(
+        None, ge=1, le=1024, description="GPUs each layer is split over"
+    )
+    vllm_pipeline_parallel_size: int | None = Field(
+        None, ge=1, le=1024, description="stages the layers are split into"
+    )
+    vllm_data_parallel_size: int | None = Field(None, ge=1, le=1024, description="model replicas vLLM runs")
+    vllm_distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        None, description="how vLLM runs its workers (ray for several nodes); unset: vLLM chooses"
+    )
     redis_url: str | None = Field(None, description="Redis URL of the chain cache; unset: no cache")
 
     # Capacity and request limits.
@@ -85,6 +110,45 @@ class ServerConfig(BaseSettings):
         if (key is None) != (info.data.get("tls_cert_file") is None):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
         return key
+
+    # A knob set for another engine is refused rather than silently ignored (unset knobs are None).
+    @field_validator(
+        "vllm_num_logprobs",
+        "vllm_max_model_len",
+        "vllm_gpu_memory_utilization",
+        "vllm_tensor_parallel_size",
+        "vllm_pipeline_parallel_size",
+        "vllm_data_parallel_size",
+        "vllm_distributed_executor_backend",
+    )
+    @classmethod
+    def _vllm_only(cls, value: Any, info: ValidationInfo) -> Any:
+        engine = info.data.get("engine")
+        if value is not None and engine is not None and engine != "vllm":
+            raise ValueError(f"applies to the vllm engine only (engine is {engine})")
+        return value
+
+    @field_validator("engine_max_batch_size")
+    @classmethod
+    def _not_for_toy(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("engine") == "toy":
+            raise ValueError("does not apply to the toy engine")
+        return value
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword options for `load_engine` on `engine`: the knobs that are set, in the engine's names."""
+        if self.engine == "toy":
+            return {}
+        options: dict[str, Any] = {"device": self.device}
+        batch_name = "max_batch_size" if self.engine == "torch" else "max_num_seqs"
+        if self.engine_max_batch_size is not None:
+            options[batch_name] = self.engine_max_batch_size
+        if self.engine == "vllm":
+            for name in type(self).model_fields:
+                value = getattr(self, name)
+                if name.startswith("vllm_") and value is not None:
+                    options[name.removeprefix("vllm_")] = value
+        return options
 
     @property
     def tls_enabled(self) -> bool:

@@ -70,6 +70,7 @@ import numpy as np
 
 from powersampling.engines.base import ChatMessage, Engine, EngineInfo, ExtendRequest, Extension
 from powersampling.errors import EngineError, InvalidArgument
+from powersampling.models import fingerprint_folder
 
 if TYPE_CHECKING:
     from vllm import SamplingParams as VllmSamplingParams
@@ -277,6 +278,10 @@ class _Config:
     gpu_memory_utilization: float
     kv_cache_gib: float | None
     seed: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    data_parallel_size: int
+    distributed_executor_backend: str | None
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -296,7 +301,10 @@ class VllmEngine(Engine):
     vLLM runs at once; `num_logprobs` K of the top-K log p behind each log q; `logq_tolerance` the
     largest error bound (nats) accepted for log q before Z is tightened; `kv_cache_gib` the CPU KV
     cache (``VLLM_CPU_KVCACHE_SPACE``, default 2); `gpu_memory_utilization` on GPUs;
-    `engine_kwargs` any further `AsyncEngineArgs` fields (they win over the ones set here).
+    `tensor_parallel_size`, `pipeline_parallel_size`, `data_parallel_size` and
+    `distributed_executor_backend` ("mp", "ray" for several nodes, ...) as vLLM takes them (see
+    docs/scaling.md); `engine_kwargs` any further `AsyncEngineArgs` fields (they win over the ones set
+    here).
     """
 
     def __init__(
@@ -316,6 +324,10 @@ class VllmEngine(Engine):
         gpu_memory_utilization: float = 0.85,
         kv_cache_gib: float | None = None,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not vllm_available():
@@ -336,6 +348,13 @@ class VllmEngine(Engine):
             raise InvalidArgument("logq_tolerance", "must be a finite number >= 0")
         if max_num_seqs < 1:
             raise InvalidArgument("max_num_seqs", "must be at least 1")
+        for knob, size in (
+            ("tensor_parallel_size", tensor_parallel_size),
+            ("pipeline_parallel_size", pipeline_parallel_size),
+            ("data_parallel_size", data_parallel_size),
+        ):
+            if size < 1:
+                raise InvalidArgument(knob, "must be at least 1")
         if device not in ("auto", "cpu", "cuda"):
             raise InvalidArgument("device", f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'")
         self._requested_device = device
@@ -357,6 +376,10 @@ class VllmEngine(Engine):
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_gib=kv_cache_gib,
             seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            data_parallel_size=data_parallel_size,
+            distributed_executor_backend=distributed_executor_backend,
             engine_kwargs=dict(engine_kwargs or {}),
         )
         self._fingerprint = fingerprint
@@ -413,8 +436,6 @@ class VllmEngine(Engine):
     def _make_info(self) -> EngineInfo:
         fingerprint = self._fingerprint
         if fingerprint is None:
-            from powersampling.engines.models import fingerprint_folder
-
             fingerprint = self._fingerprint = fingerprint_folder(self.path)
         return EngineInfo(
             engine="vllm",
@@ -452,7 +473,12 @@ class VllmEngine(Engine):
             "disable_log_stats": True,
             "trust_remote_code": False,
             "generation_config": "auto",
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "pipeline_parallel_size": cfg.pipeline_parallel_size,
+            "data_parallel_size": cfg.data_parallel_size,
         }
+        if cfg.distributed_executor_backend is not None:
+            kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
         block_size = cfg.block_size if cfg.block_size is not None else (32 if on_cpu else None)
         if block_size is not None:
             kwargs["block_size"] = block_size

@@ -26,6 +26,7 @@ from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.cache.base import ChainCache
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
+from powersampling.engines.factory import load_engine
 from powersampling.errors import InvalidArgument
 from powersampling.server.auth import Authenticator, BearerTokenInterceptor
 from powersampling.server.servicer import ReasoningServicer
@@ -263,13 +264,8 @@ async def _start_engine(
 
 def build_engine(config: ServerConfig) -> Engine:
     """The engine `config` names (blocking: loads the model). "toy" is the demo toy model."""
-    if config.engine == "toy":
-        from powersampling.engines.toy import demo_engine
-
-        return demo_engine()
-    from powersampling.engines.models import load_engine
-
-    return load_engine(config.model, engine=config.engine, device=config.device)
+    model = None if config.engine == "toy" else config.model
+    return load_engine(model, engine=config.engine, **config.engine_options())
 
 
 async def open_cache(redis_url: str) -> ChainCache:

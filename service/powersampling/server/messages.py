@@ -169,6 +169,9 @@ def service_description(
         ),
         version=__version__,
         cache_enabled=cache_enabled,
+        engine_settings={
+            name: str(value) for name, value in config.engine_options().items() if name != "device"
+        },
     )
 
 

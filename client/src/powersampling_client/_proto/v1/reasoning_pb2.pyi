@@ -288,7 +288,14 @@ class ServerLimits(_message.Message):
     def __init__(self, max_samples_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_length: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_mcmc_steps: _Optional[int] = ..., max_alpha: _Optional[float] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
-    __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled")
+    __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled", "engine_settings")
+    class EngineSettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +306,7 @@ class ServiceDescription(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CACHE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     model: str
     engine: str
     fingerprint: str
@@ -309,4 +317,5 @@ class ServiceDescription(_message.Message):
     limits: ServerLimits
     version: str
     cache_enabled: bool
-    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ...) -> None: ...
+    engine_settings: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ..., engine_settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
