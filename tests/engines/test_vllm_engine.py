@@ -26,7 +26,8 @@ import pytest
 import pytest_asyncio
 import torch
 from powersampling.engines.base import ExtendRequest
-from powersampling.engines.vllm_engine import log_normalizer_from_topk, vllm_available
+from powersampling.engines.vllm_engine import vllm_available
+from powersampling.engines.vllm_logprobs import log_normalizer_from_topk
 from powersampling.errors import EngineError, InvalidArgument
 from powersampling.models.tiny import HEAD_DIM_32, save_tiny_model
 

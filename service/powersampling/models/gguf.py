@@ -13,9 +13,9 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from powersampling.errors import EngineError
+from powersampling.models.eos import collect_eos_ids
 from powersampling.models.fingerprints import MANIFEST_NAME, READ_CHUNK_BYTES, fingerprint_folder
 from powersampling.models.registry import KnownModel, ModelIntegrityError, ModelNotInstalled, known_model
 
@@ -116,7 +116,13 @@ def convert_gguf(spec: KnownModel, gguf_dir: Path, gguf_name: str, out: Path, *,
         bar.update()
         # Record every end-of-completion token in generation_config.json, so any engine reading the
         # folder (torch or vLLM) stops on the same tokens.
-        eos_ids = _collect_eos_ids(model, tokenizer, spec.eos_tokens)
+        eos_ids = collect_eos_ids(
+            model.generation_config,
+            model.config,
+            tokenizer,
+            tokenizer=tokenizer,
+            extra_tokens=spec.eos_tokens,
+        )
         if eos_ids:
             model.generation_config.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
         bar.set_postfix_str("saving safetensors")
@@ -137,22 +143,3 @@ def convert_gguf(spec: KnownModel, gguf_dir: Path, gguf_name: str, out: Path, *,
         }
         (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         bar.update()
-
-
-def _collect_eos_ids(model: Any, tokenizer: Any, extra_tokens: tuple[str, ...]) -> list[int]:
-    ids: list[int] = []
-
-    def add(value: Any) -> None:
-        if value is None:
-            return
-        for v in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(v, int) and v >= 0 and v not in ids:
-                ids.append(v)
-
-    add(getattr(model.generation_config, "eos_token_id", None))
-    add(getattr(model.config, "eos_token_id", None))
-    add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    for tok in extra_tokens:
-        add(vocab.get(tok))
-    return ids
