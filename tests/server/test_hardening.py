@@ -175,9 +175,8 @@ async def test_garbage_to_describe_is_invalid_argument(
             request_serializer=lambda data: data,
             response_deserializer=pb.ServiceDescription.FromString,
         )
-        with caplog.at_level(logging.DEBUG):
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await raw(b"\x0a\xff\xff\xff\xff\xff\xff")
+        with caplog.at_level(logging.DEBUG), pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(b"\x0a\xff\xff\xff\xff\xff\xff")
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (info.value.details() or "").startswith("request: ")
         assert not [r for r in caplog.records if r.exc_info]
