@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import tracemalloc
 from collections.abc import AsyncIterator
 
@@ -162,3 +163,34 @@ async def _drain(buffer: _EventBuffer) -> AsyncIterator[BlockFinished]:
         item = await anext(iterator)
         assert isinstance(item, BlockFinished)
         yield item
+
+
+async def test_an_idle_stream_ends_cleanly_under_the_telemetry_interceptor(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The OpenTelemetry interceptor wraps the stream: ending it must unwind its span, no errors."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from powersampling.telemetry.otel import setup_telemetry
+
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(span_exporter=exporter)
+    try:
+        server = await start_server(
+            telemetry=telemetry, max_concurrent_requests=1, stream_idle_timeout_s=IDLE_TIMEOUT_S
+        )
+        async with (
+            grpc.aio.insecure_channel(server.target) as stuck_channel,
+            grpc.aio.insecure_channel(server.target) as channel,
+        ):
+            with caplog.at_level(logging.WARNING):
+                (stuck,) = await _stuck_calls(pb_grpc.ReasoningServiceStub(stuck_channel), 1)
+                events = await asyncio.wait_for(
+                    collect(pb_grpc.ReasoningServiceStub(channel), small_request()), IDLE_TIMEOUT_S + 20
+                )
+            assert events[-1].HasField("final")
+            stuck.cancel()
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, caplog.text
+        assert any("stream_idle_timeout_s" in r.getMessage() for r in caplog.records)
+    finally:
+        telemetry.shutdown()

@@ -8,7 +8,8 @@ cancels its pending engine requests: the engine drops them instead of generating
 A client that stops reading blocks the stream's writes once gRPC's flow-control window is full; a
 stream blocked that way for `stream_idle_timeout_s` (or older than `stream_max_age_s`) is ended by
 `_StreamGuard`: its status is queued for the client and the call's task is cancelled, which stops
-the sampling and frees the slot at once, whether or not the client ever reads again.
+the sampling and frees the slot at once, whether or not the client ever reads again. Messages are
+written with `context.write` for that reason (see Reason).
 
 Every Reason call ends with one access line at INFO on the "powersampling.access" logger: request id,
 tenant hash, method, status code, latency, tokens spent and cache status; never the prompt.
@@ -140,7 +141,10 @@ class ReasoningServicer:
                                 "tokens or samples"
                             )
                         with guard.sending():
-                            yield message
+                            # Written here rather than yielded: a write that a client blocks is then
+                            # awaited inside this generator, so ending it unwinds the interceptors'
+                            # generators in this task (not later, in another, when collected).
+                            await context.write(message)
             access.status = "OK"
         except Exception as exc:
             code, message = status_for(exc, request_id)
@@ -151,6 +155,8 @@ class ReasoningServicer:
             if guard.expired is not None:
                 access.status = guard.expired.name
             access.log()
+        if False:  # pragma: no cover
+            yield  # a streaming handler is an async generator (the telemetry interceptor iterates it)
 
 
 def _encode(engine: Engine, valid: ValidRequest, request: pb.ReasonRequest | MalformedRequest) -> list[int]:
