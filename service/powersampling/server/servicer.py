@@ -147,9 +147,9 @@ class ReasoningServicer:
                             await context.write(message)
             access.status = "OK"
         except Exception as exc:
-            code, message = status_for(exc, request_id)
+            code, details = status_for(exc, request_id)
             access.status = code.name
-            await context.abort(code, message)
+            await context.abort(code, details)
         finally:
             guard.close()
             if guard.expired is not None:
