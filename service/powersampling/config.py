@@ -3,19 +3,27 @@ variables and overridden by command-line flags (see `powersampling serve --help`
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.factory import EngineName
 from powersampling.errors import InvalidArgument
 from powersampling.models import DEFAULT_MODEL
-from powersampling.params import MAX_TOKENS_LIMIT, Method, SamplingParams
+from powersampling.params import MAX_BUDGET_LIMIT, MAX_TOKENS_LIMIT, Method, SamplingParams
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
 MIB = 1 << 20
+# A DNS name: dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
 
 class ServerConfig(BaseSettings):
@@ -68,14 +76,59 @@ class ServerConfig(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1, description="characters of a prompt (all messages together)")
     max_message_bytes: int = Field(4 * MIB, ge=1024, le=1 << 30, description="largest gRPC message, in bytes")
 
+    # Caps on one request's work (a request over one is refused with INVALID_ARGUMENT naming the field).
+    max_new_tokens_limit: int = Field(
+        32_768, ge=1, le=MAX_TOKENS_LIMIT, description="largest max_new_tokens a request may ask for"
+    )
+    max_token_budget: int = Field(
+        5_000_000,
+        ge=1,
+        le=MAX_BUDGET_LIMIT,
+        description="largest token_budget (per chain) a request may ask for",
+    )
+    max_planned_tokens: int = Field(
+        20_000_000,
+        ge=1,
+        description="most proposal tokens one request may plan, worst case over all its chains "
+        "(a token_budget bounds a chain's share)",
+    )
+
+    # Streams and connections.
+    stream_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="end a stream whose client has read nothing for this long while the server "
+        "waits to send (RESOURCE_EXHAUSTED), freeing its slot and stopping its sampling",
+    )
+    stream_max_age_s: float | None = Field(
+        None, gt=0, description="end any stream running longer than this (DEADLINE_EXCEEDED); unset: no limit"
+    )
+    keepalive_time_s: float = Field(
+        60.0, gt=0, le=86_400, description="ping a connection after this long without activity"
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="close a connection whose ping goes unanswered this long"
+    )
+
     # Security.
     auth_token: str | None = Field(
-        None, repr=False, description="bearer token every call but health checks must present"
+        None,
+        repr=False,
+        description="shared bearer token every call but health checks must present; when tenant tokens "
+        'are configured too it may use only the default tenant "". A flag shows in the process list: '
+        "prefer the environment variable",
     )
     auth_tokens: dict[str, str] = Field(
         default_factory=dict,
         repr=False,
-        description='tokens bound to tenants, as JSON {"token": "tenant"}; accepted besides auth_token',
+        description='tokens bound to tenants, as JSON {"token": "tenant"}; accepted besides auth_token. '
+        "A flag shows in the process list: prefer auth_tokens_file",
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description='file holding tenant tokens as a JSON object {"token": "tenant"}, merged with '
+        "auth_tokens (keeps tokens out of the process list)",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate chain; with tls_key_file enables TLS"
@@ -150,13 +203,51 @@ class ServerConfig(BaseSettings):
                     options[name.removeprefix("vllm_")] = value
         return options
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host):
+                raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+        return host
+
+    @field_validator("auth_token")
+    @classmethod
+    def _auth_token(cls, token: str | None) -> str | None:
+        # An empty token must not silently turn authentication off.
+        if token is not None and not token.strip():
+            raise ValueError("must not be empty; leave the setting out to run without authentication")
+        return token
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _auth_tokens(cls, tokens: dict[str, str]) -> dict[str, str]:
+        _check_tenant_tokens(tokens)
+        return tokens
+
+    @field_validator("auth_tokens_file")
+    @classmethod
+    def _auth_tokens_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_tenant_tokens(path)
+        return path
+
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.auth_token) or bool(self.auth_tokens)
+        return bool(self.auth_token) or bool(self.auth_tokens) or self.auth_tokens_file is not None
+
+    def tenant_tokens(self) -> dict[str, str]:
+        """Tenant tokens from auth_tokens and auth_tokens_file together (token → tenant)."""
+        tokens = dict(self.auth_tokens)
+        if self.auth_tokens_file is not None:
+            tokens.update(read_tenant_tokens(self.auth_tokens_file))
+        return tokens
 
     def default_params(self) -> SamplingParams:
         """The SamplingParams an empty request resolves to (validated)."""
@@ -169,6 +260,32 @@ class ServerConfig(BaseSettings):
             mcmc_steps=self.default_mcmc_steps,
             token_budget=self.default_token_budget,
         )
+
+
+def _check_tenant_tokens(tokens: dict[str, Any]) -> None:
+    for token, tenant in tokens.items():
+        if not token.strip():
+            raise ValueError("a token must not be empty")
+        if not isinstance(tenant, str):
+            raise ValueError(f"the tenant of a token must be a string, got {type(tenant).__name__}")
+        if len(tenant) > MAX_TENANT_LENGTH:
+            raise ValueError(f"a tenant has at most {MAX_TENANT_LENGTH} characters, got {len(tenant)}")
+        if any(unicodedata.category(c).startswith("C") for c in tenant):
+            raise ValueError("a tenant must not contain control or unassigned characters")
+
+
+def read_tenant_tokens(path: Path) -> dict[str, str]:
+    """The {"token": "tenant"} JSON object in `path`; ValueError says what is wrong with it."""
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON object: {exc}") from None
+    if not isinstance(tokens, dict):
+        raise ValueError(f'{path} must hold a JSON object {{"token": "tenant"}}')
+    _check_tenant_tokens(tokens)
+    return tokens
 
 
 def load_config(**overrides: Any) -> ServerConfig:
