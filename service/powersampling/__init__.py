@@ -1,8 +1,8 @@
 """powersampling: answer prompts by sampling a frozen model from p(x)^alpha.
 
-    from powersampling import reason
-    from powersampling.engines.toy import ToyEngine
-    results = reason("...", engine, method="power", alpha=4.0, seed=0)
+from powersampling import reason
+from powersampling.engines.toy import ToyEngine
+results = reason("...", engine, method="power", alpha=4.0, seed=0)
 """
 
 from powersampling.api import ReasonResult, make_params, reason, reason_async

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -120,10 +121,13 @@ def test_help_says_what_happens_without_a_secret(capsys: pytest.CaptureFixture[s
 
 
 def test_a_secret_on_the_command_line_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    # The engine does not exist, so the server stops at once, after the warning.
-    with caplog.at_level(logging.WARNING):
-        argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--engine", "no-such-engine"]
-        code = main([*argv, "--no-reflection", "--cache-secret", SECRET])
+    # The port is taken, so the server stops at once, after the warning.
+    with socket.socket() as taken, caplog.at_level(logging.WARNING):
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        argv = ["serve", "--host", "127.0.0.1", "--port", port, "--engine", "toy", "--no-reflection"]
+        code = main([*argv, "--cache-secret", SECRET])
     assert code != 0
     assert "--cache-secret-file" in caplog.text and SECRET not in caplog.text
 
