@@ -79,7 +79,8 @@ CAP_BYTES = 65536  # the servers' --cache-max-value-bytes: oversize values need 
 class Mode:
     bursts: tuple[int, ...] = (10, 50)
     cancellations: int = 300
-    never_read_wait_s: float = 20.0
+    never_read_wait_s: float = 30.0  # the fifth request's deadline
+    stream_idle_timeout_s: float = 2.0  # the server's bound on a stream nobody reads
     requests_per_redis_fault: int = 30
     scenario_budget_s: float = 180.0
     resume_chains: int = 8  # n of the request killed mid-way (a few seconds of toy-model work)
@@ -88,7 +89,7 @@ class Mode:
 FULL = Mode()
 QUICK = Mode(
     cancellations=40,
-    never_read_wait_s=4.0,
+    never_read_wait_s=20.0,
     requests_per_redis_fault=6,
     scenario_budget_s=60.0,
     resume_chains=4,
@@ -360,7 +361,7 @@ async def never_reading_clients(replica: ServeProcess, stuck: int, mode: Mode, f
             c.cancel()
         for channel in channels:
             channel.close()
-    scenario = f"{stuck} clients never reading"
+    scenario = f"{stuck} clients never reading (idle timeout {mode.stream_idle_timeout_s:g} s)"
     figures.add(scenario, f"request {stuck + 1}: outcome", outcome.code.name, "OK")
     figures.add(scenario, f"request {stuck + 1}: waited, s", outcome.seconds, f"< {mode.never_read_wait_s:g}")
     figures.add(scenario, "server memory growth, MB", during - before)
@@ -592,7 +593,7 @@ async def corrupt_values(replica: ServeProcess, store: RedisServer, figures: Fig
 
 async def resume_across_replicas(store: RedisServer, mode: Mode, figures: Figures) -> None:
     params = SamplingParams(
-        alpha=4.0, block_size=8, max_new_tokens=256, mcmc_steps=4, seed=2027, n=mode.resume_chains
+        alpha=4.0, block_size=8, max_new_tokens=512, mcmc_steps=4, seed=2027, n=mode.resume_chains
     )
     engine = demo_engine()
     try:
@@ -659,9 +660,9 @@ async def run(mode: Mode, workdir: Path) -> Figures:
         await bounded("corrupt and forged values", corrupt_values(replica, store, figures))
         figures.add("server", "crashed during the suite", replica.process.poll() is not None, "False")
         # Never-reading clients last, on a server of its own (capacity 4): they may wedge it.
-        stuck_replica = await asyncio.to_thread(
-            ServeProcess, None, args=["--max-concurrent-requests", "4", "--max-queue", "4"]
-        )
+        stuck_args = ["--max-concurrent-requests", "4", "--max-queue", "4"]
+        stuck_args += ["--stream-idle-timeout-s", str(mode.stream_idle_timeout_s)]
+        stuck_replica = await asyncio.to_thread(ServeProcess, None, args=stuck_args)
         await bounded("never-reading clients", never_reading_clients(stuck_replica, 4, mode, figures))
         await bounded("resume across replicas", resume_across_replicas(store, mode, figures))
     finally:

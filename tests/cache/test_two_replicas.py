@@ -17,8 +17,8 @@ from .support import RedisServer
 
 SECRET = "the secret both replicas are given"
 PROMPT_IDS = [1, 2, 3]
-# 8 chains of 32 blocks: a few seconds on the demo toy model, so the kill lands mid-way.
-PARAMS = SamplingParams(alpha=4.0, block_size=8, max_new_tokens=256, mcmc_steps=4, seed=2027, n=8)
+# 8 chains of 64 blocks: a couple of seconds on the demo toy model, so the kill lands mid-way.
+PARAMS = SamplingParams(alpha=4.0, block_size=8, max_new_tokens=512, mcmc_steps=4, seed=2027, n=8)
 
 
 @pytest.fixture
