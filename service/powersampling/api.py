@@ -6,48 +6,14 @@ import asyncio
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from powersampling.engines.base import Engine, Prompt
 from powersampling.errors import InvalidArgument
 from powersampling.events import ChainState, EventSink
 from powersampling.params import Method, SamplingParams
+from powersampling.results import ReasonResult, SmcStats
 from powersampling.sampler import PowerSampler
-
-
-@dataclass(frozen=True, slots=True)
-class ReasonResult:
-    """One sample's answer and what it cost."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "eos", "stop" or "length"
-    tokens_spent: int  # proposal tokens: initial extensions plus every MCMC proposal
-    token_budget: int | None
-    mcmc_steps: int
-    accepted_steps: int
-    changed_steps: int
-    skipped_steps: int  # steps that did not fit the token budget
-    acceptance_rate: float  # accepted / proposed MCMC steps (0 when none)
-    change_rate: float  # steps that changed the sequence / proposed steps
-    log_prob: float  # log p(x | prompt) at temperature 1
-    latency_s: float
-    model: str
-    engine: str
-    method: str
-    alpha: float
-    proposal_temperature: float
-    seed: int  # the request's seed (drawn when none was given): re-send it to reproduce
-    chain_index: int
-    prompt_tokens: int
-    resumed_from_block: int
-
-    def to_dict(self, *, with_token_ids: bool = True) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_token_ids:
-            del d["token_ids"]
-        return d
 
 
 def make_params(params: SamplingParams | None = None, **options: Any) -> SamplingParams:
@@ -157,4 +123,4 @@ def reason(
     return asyncio.run(reason_async(prompt, engine, params, chat=chat, on_event=on_event, **options))
 
 
-__all__ = ["Method", "ReasonResult", "SamplingParams", "make_params", "reason", "reason_async"]
+__all__ = ["Method", "ReasonResult", "SamplingParams", "SmcStats", "make_params", "reason", "reason_async"]

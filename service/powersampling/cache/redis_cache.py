@@ -47,9 +47,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
-from powersampling.api import ReasonResult
 from powersampling.cache.base import CacheKey
 from powersampling.events import ChainState
+from powersampling.results import ReasonResult, SmcStats
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def encode_completed(digest: str, results: Sequence[ReasonResult]) -> bytes:
     for r in results:
         entry: dict[str, Any] = {name: getattr(r, name) for name in _RESULT_FIELDS}
         entry["token_ids"] = _pack_ids(r.token_ids)
+        entry["smc"] = None if r.smc is None else {name: getattr(r.smc, name) for name in _SMC_STATS_FIELDS}
         for name, check in _RESULT_FIELDS.items():  # refuse to store what a reader would reject
             check(entry[name], name)
         entries.append(entry)
@@ -251,6 +252,30 @@ def _floats(value: object, name: str, dtype: str) -> tuple[float, ...]:
     return tuple(array.tolist())
 
 
+_SMC_STATS_FIELDS: dict[str, Callable[[object, str], Any]] = {
+    "particles": _int,
+    "sweeps": _int,
+    "accepted_sweeps": _int,
+    "resamples": _int,
+    "ess_min": _rate,
+    "unique_ancestors": _int,
+    "log_z_hat": _float,
+}
+assert set(_SMC_STATS_FIELDS) == {f.name for f in fields(SmcStats)}, "SmcStats changed: update"
+
+
+def _smc_stats(value: object, name: str) -> SmcStats | None:
+    """A result's SMC statistics (a map of SmcStats' fields) or None for the other methods."""
+    if value is None or isinstance(value, SmcStats):
+        return value  # None, or the value being checked before it is stored
+    if not isinstance(value, dict):
+        raise InvalidValue(f"{name}: expected a map or nil")
+    try:
+        return SmcStats(**{k: check(value[k], f"{name}.{k}") for k, check in _SMC_STATS_FIELDS.items()})
+    except KeyError as exc:
+        raise InvalidValue(f"{name}: missing field {exc}") from None
+
+
 # Every field of ReasonResult and its check; `token_ids` is packed like a checkpoint's.
 _RESULT_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "text": _text,
@@ -275,6 +300,7 @@ _RESULT_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "chain_index": lambda v, name: _int(v, name, high=_MAX_CHAIN_INDEX),
     "prompt_tokens": _int,
     "resumed_from_block": _int,
+    "smc": _smc_stats,
 }
 assert set(_RESULT_FIELDS) == {f.name for f in fields(ReasonResult)}, "ReasonResult changed: update"
 
@@ -325,6 +351,7 @@ def decode_completed(digest: str, data: bytes) -> list[ReasonResult]:
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 raise InvalidValue(f"results[{i}]: not a map")
+            entry.setdefault("smc", None)  # written before SMC existed: not an SMC result
             checked = {name: check(entry[name], name) for name, check in _RESULT_FIELDS.items()}
             checked["token_ids"] = _ids(checked["token_ids"], "token_ids")
             if checked["chain_index"] != i:
