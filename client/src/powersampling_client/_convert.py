@@ -81,7 +81,9 @@ def _invalid(field: str, message: str) -> PowerSamplingError:
 class ReasonOptions(TypedDict, total=False):
     """Options of one request; an unset (or None) option takes the server's default."""
 
-    method: Method | None  # "power" (MCMC over p^alpha), "smc" (Power-SMC) or a baseline: "sample", "low-temp", "greedy"
+    method: (
+        Method | None
+    )  # "power" (MCMC over p^alpha), "smc" (Power-SMC) or a baseline: "sample", "low-temp", "greedy"
     alpha: float | None  # power of the target p(x)^alpha, at least 1
     proposal_temperature: float | None  # default 1/alpha
     block_size: int | None  # tokens per block

@@ -1,7 +1,7 @@
 """``powersampling bench``: quality benchmarks of the sampling methods.
 
     powersampling bench quality --dataset arithmetic --methods greedy,sample,low-temp,power,smc \\
-        --alpha 4 --mcmc-steps 2 --particles 8 --samples 4 --limit 100 --seed 0 --engine torch --out runs/arith
+        --alpha 4 --mcmc-steps 2 --particles 8 --samples 4 --limit 100 --seed 0 --out runs/arith
     powersampling bench report --out runs/arith        # rebuild summary and plots from the results
 
 The same commands run as ``python -m powersampling.bench ...``.

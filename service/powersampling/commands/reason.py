@@ -44,14 +44,22 @@ def add_reason_command(subparsers: Any) -> None:
     p.add_argument("--alpha", type=float, default=defaults.alpha, help="power of the target p^alpha")
     p.add_argument("--proposal-temperature", type=float, default=None, help="default 1/alpha")
     p.add_argument(
-        "--block-size", type=int, default=None, help=f"tokens per block (power; default {defaults.block_size})"
+        "--block-size",
+        type=int,
+        default=None,
+        help=f"tokens per block (power; default {defaults.block_size})",
     )
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     p.add_argument(
-        "--mcmc-steps", type=int, default=None, help=f"MCMC steps per block (power; default {defaults.mcmc_steps})"
+        "--mcmc-steps",
+        type=int,
+        default=None,
+        help=f"MCMC steps per block (power; default {defaults.mcmc_steps})",
     )
     smc = p.add_argument_group("method smc (Power-SMC)")
-    smc.add_argument("--particles", type=int, default=None, help=f"particles per sweep (default {DEFAULT_PARTICLES})")
+    smc.add_argument(
+        "--particles", type=int, default=None, help=f"particles per sweep (default {DEFAULT_PARTICLES})"
+    )
     smc.add_argument(
         "--sweeps",
         type=int,
@@ -65,10 +73,16 @@ def add_reason_command(subparsers: Any) -> None:
         help=f"resample when ESS < this x particles, in (0, 1] (default {DEFAULT_RESAMPLE_THRESHOLD})",
     )
     smc.add_argument(
-        "--chunk-size", type=int, default=None, help=f"tokens between ESS checks (default {DEFAULT_CHUNK_SIZE})"
+        "--chunk-size",
+        type=int,
+        default=None,
+        help=f"tokens between ESS checks (default {DEFAULT_CHUNK_SIZE})",
     )
     smc.add_argument(
-        "--ramp-tokens", type=int, default=None, help=f"alpha-ramp length in tokens (default {DEFAULT_RAMP_TOKENS})"
+        "--ramp-tokens",
+        type=int,
+        default=None,
+        help=f"alpha-ramp length in tokens (default {DEFAULT_RAMP_TOKENS})",
     )
     p.add_argument("--budget", type=int, default=None, help="cap on all proposal tokens of the request")
     p.add_argument("--seed", type=int, default=None, help="random seed (drawn and reported when omitted)")
@@ -111,7 +125,8 @@ class BlockProgress:
                 f"  {chain}sweep {event.sweep_index + 1}/{event.num_sweeps} chunk {event.chunk_index + 1}: "
                 f"{len(event.leader_token_ids)} tokens, ESS {event.ess:.2f}"
                 + (" (resampled)" if event.resampled else "")
-                + f", {event.particles_alive} alive, {event.unique_ancestors} ancestors, spent {event.tokens_spent}",
+                + f", {event.particles_alive} alive, {event.unique_ancestors} ancestors, "
+                f"spent {event.tokens_spent}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -119,8 +134,8 @@ class BlockProgress:
         if isinstance(event, SmcSweepFinished):
             verdict = "kept" if event.accepted else "rejected"
             print(
-                f"  {chain}sweep {event.sweep_index + 1}/{event.num_sweeps}: log Z-hat {event.log_z_hat:.3f}, "
-                f"answer {verdict}",
+                f"  {chain}sweep {event.sweep_index + 1}/{event.num_sweeps}: "
+                f"log Z-hat {event.log_z_hat:.3f}, answer {verdict}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -186,7 +201,9 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == Method.SMC.value:
         for name in ("block_size", "mcmc_steps"):
             if name in given:
-                raise InvalidArgument(name, "is not used by method smc (it takes particles, sweeps, chunk_size)")
+                raise InvalidArgument(
+                    name, "is not used by method smc (it takes particles, sweeps, chunk_size)"
+                )
     return given  # SamplingParams names an SMC flag given with another method
 
 

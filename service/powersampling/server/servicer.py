@@ -26,13 +26,20 @@ from powersampling.cache.base import CacheStatus, ChainCache
 from powersampling.cache.cached_reason import reason_cached
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
-from powersampling.events import BlockFinished, SamplerEvent
+from powersampling.events import BlockFinished, SamplerEvent, SmcChunkFinished, SmcSweepFinished
 from powersampling.sampler import BudgetPlan
 from powersampling.sampler.stops import StopMatcher
 from powersampling.server.admission import AdmissionControl
 from powersampling.server.auth import Authenticator
 from powersampling.server.errors import ServiceUnavailable, abort_with_status
-from powersampling.server.messages import final_event, progress_event, service_description, started_event
+from powersampling.server.messages import (
+    final_event,
+    num_blocks,
+    progress_event,
+    service_description,
+    smc_progress_event,
+    started_event,
+)
 from powersampling.server.validation import (
     MalformedRequest,
     RequestLimits,
@@ -46,6 +53,9 @@ logger = logging.getLogger("powersampling.server")
 # Progress events waiting for a slow reader beyond this many are coalesced per chain (each chain's
 # latest text replaces its older unsent one), so a slow client costs bounded memory.
 MAX_PENDING_EVENTS = 64
+# Sampler events that become Progress messages (MH blocks; SMC chunks and sweeps).
+_PROGRESS_EVENTS = (BlockFinished, SmcChunkFinished, SmcSweepFinished)
+_ProgressEvent = BlockFinished | SmcChunkFinished | SmcSweepFinished
 
 
 class ReasoningServicer:
@@ -105,7 +115,11 @@ class ReasoningServicer:
             engine, limits = self._ready_engine()
             identity = self.authenticator.identify(context.invocation_metadata())
             valid = validate_reason_request(
-                request, self.defaults, limits, bound_tenant=identity.tenant if identity else None
+                request,
+                self.defaults,
+                limits,
+                bound_tenant=identity.tenant if identity else None,
+                smc_defaults=self.config.smc_defaults(),
             )
             async with self.admission.slot():
                 # Tokenizing a long prompt is real CPU work: keep it off the event loop.
@@ -140,7 +154,8 @@ class _ReasonRun:
         self.prompt_ids = prompt_ids
         self.request_id = request_id
         self.received = received
-        self.num_blocks = BudgetPlan.from_params(self.params).num_blocks
+        self.num_blocks = num_blocks(self.params, BudgetPlan.from_params(self.params).num_blocks)
+        self.shown_text: dict[int, str] = {}  # SMC: the text last sent for each chain
         self.stops = StopMatcher(self.params.stop, engine.detokenize) if self.params.stop else None
         self.buffer = _EventBuffer(MAX_PENDING_EVENTS)
         info = engine.info
@@ -173,14 +188,22 @@ class _ReasonRun:
 
     def _on_event(self, event: SamplerEvent) -> None:
         _observe(self.observer.on_event, event)
-        if isinstance(event, BlockFinished):
+        if isinstance(event, _PROGRESS_EVENTS):
             self.buffer.put(event)
 
-    def _progress(self, event: BlockFinished) -> pb.ReasonEvent:
+    def _progress(self, event: _ProgressEvent) -> pb.ReasonEvent:
         # Detokenizing one chain's text is cheap next to the block of model work that produced it.
-        text = self.engine.detokenize(event.state.token_ids)
-        if self.stops is not None:
-            text = self.stops.trim_text(text)
+        if isinstance(event, SmcChunkFinished):
+            text = self._text(event.leader_token_ids)
+        else:
+            text = self._text(event.state.token_ids)  # SmcSweepFinished: the chain's kept answer
+        if not isinstance(event, BlockFinished):
+            # Another particle may lead now: revised when the text no longer extends what was shown.
+            shown = self.shown_text.get(event.chain_index, "")
+            self.shown_text[event.chain_index] = text
+            return smc_progress_event(
+                event, params=self.params, text=text, revised=not text.startswith(shown)
+            )
         return progress_event(
             block_index=event.block_index,
             num_blocks=event.num_blocks,
@@ -189,6 +212,10 @@ class _ReasonRun:
             revised=event.revised,
             token_budget=self.params.token_budget,
         )
+
+    def _text(self, token_ids: tuple[int, ...]) -> str:
+        text = self.engine.detokenize(token_ids)
+        return self.stops.trim_text(text) if self.stops is not None else text
 
     async def stream(self) -> AsyncGenerator[pb.ReasonEvent, None]:
         task = asyncio.get_running_loop().create_task(
@@ -235,23 +262,25 @@ class _ReasonRun:
 class _EventBuffer:
     """Hands the sampler's callbacks' output to the streaming coroutine, in order.
 
-    Holds Started messages and BlockFinished events. Past `max_pending` unsent items, a new
-    BlockFinished replaces the same chain's unsent one (marked revised if either was), so memory
-    stays bounded by max(max_pending, chains) however slowly the client reads.
+    Holds Started messages and progress events. Past `max_pending` unsent items, a new progress
+    event replaces the same chain's unsent one (an MH block is marked revised if either was; SMC's
+    revised is judged against the text actually sent), so memory stays bounded by
+    max(max_pending, chains) however slowly the client reads.
     """
 
     def __init__(self, max_pending: int) -> None:
-        self._items: deque[pb.ReasonEvent | BlockFinished] = deque()
+        self._items: deque[pb.ReasonEvent | _ProgressEvent] = deque()
         self._max_pending = max_pending
         self._wakeup = asyncio.Event()
         self._closed = False
 
-    def put(self, item: pb.ReasonEvent | BlockFinished) -> None:
-        if isinstance(item, BlockFinished) and len(self._items) >= self._max_pending:
+    def put(self, item: pb.ReasonEvent | _ProgressEvent) -> None:
+        if isinstance(item, _PROGRESS_EVENTS) and len(self._items) >= self._max_pending:
             for old in reversed(self._items):
-                if isinstance(old, BlockFinished) and old.chain_index == item.chain_index:
+                if isinstance(old, _PROGRESS_EVENTS) and old.chain_index == item.chain_index:
                     self._items.remove(old)
-                    item = dataclasses.replace(item, revised=item.revised or old.revised)
+                    if isinstance(item, BlockFinished) and isinstance(old, BlockFinished):
+                        item = dataclasses.replace(item, revised=item.revised or old.revised)
                     break
         self._items.append(item)
         self._wakeup.set()
@@ -260,7 +289,7 @@ class _EventBuffer:
         self._closed = True
         self._wakeup.set()
 
-    async def __aiter__(self) -> AsyncIterator[pb.ReasonEvent | BlockFinished]:
+    async def __aiter__(self) -> AsyncIterator[pb.ReasonEvent | _ProgressEvent]:
         while True:
             while self._items:
                 yield self._items.popleft()

@@ -125,13 +125,18 @@ def validate_reason_request(
         raise InvalidArgument("cache_policy", f"unknown value {request.cache_policy}")
     options = {name: getattr(request, name) for name in _OPTIONAL_PARAMS if request.HasField(name)}
     params = dataclasses.replace(
-        defaults, method=method, stop=tuple(request.stop), **_smc_options(method, defaults, smc_defaults), **options
+        defaults,
+        method=method,
+        stop=tuple(request.stop),
+        **_smc_options(method, defaults, smc_defaults),
+        **options,
     )
     if method is Method.SMC:
         for name in _NOT_FOR_SMC:
             if request.HasField(name):
                 raise InvalidArgument(
-                    name, "is not used by method smc; leave it unset (smc takes particles, sweeps, chunk_size)"
+                    name,
+                    "is not used by method smc; leave it unset (smc takes particles, sweeps, chunk_size)",
                 )
     if params.n > limits.max_samples_per_request:
         raise InvalidArgument(
@@ -202,7 +207,9 @@ def _smc_options(
     if method is not Method.SMC:
         return dict.fromkeys(SMC_FIELDS)
     if smc_defaults is None:  # None leaves a field to the method's own default
-        smc_defaults = {name: getattr(defaults, name) for name in SMC_FIELDS} if defaults.method is Method.SMC else {}
+        smc_defaults = (
+            {name: getattr(defaults, name) for name in SMC_FIELDS} if defaults.method is Method.SMC else {}
+        )
     return {name: smc_defaults.get(name) for name in SMC_FIELDS}
 
 
