@@ -124,13 +124,8 @@ def validate_reason_request(
     if cache_policy is None:
         raise InvalidArgument("cache_policy", f"unknown value {request.cache_policy}")
     options = {name: getattr(request, name) for name in _OPTIONAL_PARAMS if request.HasField(name)}
-    params = dataclasses.replace(
-        defaults,
-        method=method,
-        stop=tuple(request.stop),
-        **_smc_options(method, defaults, smc_defaults),
-        **options,
-    )
+    options = {**_smc_options(method, defaults, smc_defaults), **options}
+    params = dataclasses.replace(defaults, method=method, stop=tuple(request.stop), **options)
     if method is Method.SMC:
         for name in _NOT_FOR_SMC:
             if request.HasField(name):
