@@ -75,7 +75,9 @@ async def test_every_bad_smc_field_is_named_and_the_server_keeps_serving(
         ):
             failures.append(f"{field}: {error.code().name} {error.details()!r}")
     assert not failures, "\n".join(failures)
-    assert (await collect(stub, pb.ReasonRequest(text="abc?", max_new_tokens=4, seed=1)))[-1].HasField("final")
+    assert (await collect(stub, pb.ReasonRequest(text="abc?", max_new_tokens=4, seed=1)))[-1].HasField(
+        "final"
+    )
 
 
 @pytest.fixture
