@@ -115,10 +115,10 @@ class SmcStats:
 
     particles: int
     sweeps: int  # sweeps run
-    accepted_sweeps: int
+    accepted_sweeps: int  # sweeps after the first whose answer was accepted (particle independent MH)
     resamples: int  # over all sweeps
     ess_min: float  # smallest ESS before a resampling decision, as a fraction of the particles
-    unique_ancestors: int  # of the final particle set of the last sweep
+    unique_ancestors: int  # particles of the last sweep's start its final particles descend from
     log_z_hat: float  # of the sweep that produced the answer
 
 
