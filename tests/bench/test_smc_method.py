@@ -39,6 +39,8 @@ def test_smc_answers_the_toy_set_like_p_to_the_alpha(tmp_path: Path) -> None:
     )
     accuracy = summary["methods"]["smc"]["subsets"]["all"]["accuracy"]
     assert accuracy["value"] > 0.85 and accuracy["low"] <= toy_power_accuracy(4) <= accuracy["high"]
+    smc = summary["methods"]["smc"]["smc"]
+    assert smc["particles"] == 16 and 0.0 < smc["ess_min_mean"] <= 1.0 and smc["sweeps_per_answer"] == 1
     records = load_records(tmp_path / "results" / "smc.jsonl")
     assert len(records) == 30
     for sample in (s for r in records for s in r["samples"]):
@@ -73,7 +75,8 @@ def test_cli_smc_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         "--no-plot",
     ]
     assert bench_main(argv) == 0
-    assert "| smc |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| smc |" in printed and "| SMC | particles |" in printed
     assert all(
         s["smc"]["sweeps"] == 2 for r in load_records(out / "results" / "smc.jsonl") for s in r["samples"]
     )

@@ -257,8 +257,9 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         for name, x in smc_methods.items():
             lines.append(
-                f"| {name} | {x['particles']} | {x['sweeps_per_answer']:.1f} | {x['resamples_per_answer']:.1f} | "
-                f"{x['ess_min_mean']:.2f} | {x['unique_ancestors_mean']:.1f} |"
+                f"| {name} | {x['particles']} | {x['sweeps_per_answer']:.1f} | "
+                f"{x['resamples_per_answer']:.1f} | {x['ess_min_mean']:.2f} | "
+                f"{x['unique_ancestors_mean']:.1f} |"
             )
     tags = sorted({t for m in methods.values() for t in m["subsets"] if t != "all"})
     for tag in tags:
