@@ -272,3 +272,20 @@ def test_smc_progress_counts_chunk_slots_over_sweeps_and_pimh_steps() -> None:
     p = smc_progress_event(sweep, params=params, text="abc", revised=True).progress
     assert p.sweep_finished and not p.sweep_accepted and p.log_z_hat == -2.5 and p.revised
     assert (p.block_index, p.num_tokens, p.finished) == (5, 3, True)  # the kept answer's tokens
+
+
+async def test_a_server_whose_default_method_is_smc(start_server: StartServer) -> None:
+    config = load_config(default_method="smc", default_particles=4, default_chunk_size=4)
+    assert config.default_params().method is Method.SMC and config.default_params().particles == 4
+    server = await start_server(default_method="smc", default_particles=3, default_chunk_size=4)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ReasoningServiceStub(channel)
+        events = await collect(stub, pb.ReasonRequest(text="abc?", max_new_tokens=8, seed=2))
+        assert events[0].started.params.method == pb.METHOD_SMC
+        assert events[-1].final.answers[0].stats.smc.particles == 3
+        # Power sampling still works there, without the SMC defaults leaking into it.
+        power = await collect(stub, pb.ReasonRequest(text="abc?", method=pb.METHOD_POWER, max_new_tokens=8))
+        assert not power[0].started.params.HasField("particles")
+        assert not power[-1].final.answers[0].stats.HasField("smc")
+        description = await stub.Describe(pb.DescribeRequest())
+        assert description.defaults.method == pb.METHOD_SMC and description.defaults.particles == 3
