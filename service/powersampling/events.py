@@ -177,6 +177,8 @@ class ChainFinished:
     finish_reason: str  # "eos", "stop" or "length"
 
 
+Checkpoint = ChainState | SmcState  # a resumable chain state: MH's or Power-SMC's
+
 SamplerEvent = (
     ChainStarted
     | McmcStepTaken

@@ -1,0 +1,90 @@
+"""The sampler seam: one interface for every sampler of p^alpha, chosen by method.
+
+A sampler owns its plan, its checkpoint shape and its statistics. The API, the cache and telemetry
+talk to "a sampler" through this interface: run the request's chains (optionally resuming from
+checkpoints), say which events carry checkpoints, vet a stored checkpoint before it is used, and turn
+a chain's final state into the fields of a ReasonResult.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from powersampling.engines.base import Engine
+from powersampling.events import Checkpoint, EventSink, SamplerEvent
+from powersampling.params import Method, SamplingParams
+from powersampling.results import SmcStats
+
+
+def chain_seed(seed: int, chain_index: int) -> int:
+    """Independent 63-bit seed of chain `chain_index` of a request seeded with `seed`."""
+    state = np.random.SeedSequence([seed, chain_index]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True, slots=True)
+class ChainOutcome:
+    """What one chain's final state means for its ReasonResult (the sampler-specific fields)."""
+
+    chain_index: int
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str  # "eos", "stop" or "length"
+    tokens_spent: int
+    mcmc_steps: int
+    accepted_steps: int
+    changed_steps: int
+    skipped_steps: int
+    log_prob: float
+    smc: SmcStats | None = None
+
+
+class Sampler(abc.ABC):
+    """Samples the n chains of one prompt from p^alpha through an engine; pure: no I/O of its own."""
+
+    engine: Engine
+    prompt: tuple[int, ...]
+    params: SamplingParams
+
+    @abc.abstractmethod
+    async def run(self, resume: Mapping[int, Checkpoint] | None = None) -> Sequence[Checkpoint]:
+        """Run the request's chains (from their checkpoints in `resume`, if any) to their ends."""
+
+    @abc.abstractmethod
+    def outcome(self, state: Checkpoint) -> ChainOutcome:
+        """The result fields of a chain's final state."""
+
+    @abc.abstractmethod
+    def checkpoint_of(self, event: SamplerEvent) -> Checkpoint | None:
+        """The resumable checkpoint an event carries, if it carries one."""
+
+    @abc.abstractmethod
+    def fits_checkpoint(self, index: int, state: object) -> bool:
+        """Whether a stored checkpoint can continue chain `index` of this request (it may come from a
+        cache: anything that does not match this request's plan is refused)."""
+
+    @abc.abstractmethod
+    def resume_position(self, state: Checkpoint) -> int:
+        """Where a chain resumed from `state` starts (blocks, or chunk slots for SMC); 0 = from scratch."""
+
+
+def make_sampler(
+    engine: Engine,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    on_event: EventSink | None = None,
+) -> Sampler:
+    """The sampler of `params.method` (Power-SMC for smc; block-wise MH, which also runs the plain
+    baselines as single blocks without MCMC steps, for the others)."""
+    if params.method is Method.SMC:
+        from powersampling.sampler.smc import SmcSampler
+
+        return SmcSampler(engine, prompt_ids, params, on_event=on_event)
+    from powersampling.sampler.mh import PowerSampler
+
+    return PowerSampler(engine, prompt_ids, params, on_event=on_event)
