@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from powersampling.params import (
     SamplingParams,
 )
 from powersampling.results import SmcStats
+from powersampling.sampler.smc import SmcPlan
 from powersampling.server.validation import METHODS
 
 METHOD_VALUES = {method: value for value, method in METHODS.items()}
@@ -68,8 +68,8 @@ def params_message(
 
 
 def smc_chunks_per_sweep(params: SamplingParams) -> int:
-    """Most chunks one SMC sweep runs through."""
-    return math.ceil(params.max_new_tokens / params.effective_chunk_size)
+    """Most chunks one SMC sweep runs through (as the sampler plans them)."""
+    return SmcPlan.from_params(params).chunks_per_sweep
 
 
 def num_blocks(params: SamplingParams, power_blocks: int) -> int:
