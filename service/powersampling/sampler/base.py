@@ -75,6 +75,11 @@ class Sampler(abc.ABC):
         self.temperature = params.temperature
         self._emit: EventSink = on_event or (lambda _event: None)
         self._stops = StopMatcher(params.stop, engine.detokenize) if params.stop else None
+        self.plan = self._plan(params)
+
+    @abc.abstractmethod
+    def _plan(self, params: SamplingParams) -> object:
+        """The sampler's plan of the request (blocks and steps, particles and sweeps, ...)."""
 
     def _draw(self, kept: Sequence[int], request: ExtendRequest, ext: Extension) -> Draw:
         """The engine's answer to `request` (an extension of `kept`), checked and cut at a stop string."""

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from powersampling.engines.base import Engine, ExtendRequest
+from powersampling.engines.base import ExtendRequest
 from powersampling.events import (
     BlockFinished,
     ChainFinished,
     ChainStarted,
     ChainState,
     Checkpoint,
-    EventSink,
     McmcStepSkipped,
     McmcStepTaken,
     SamplerEvent,
@@ -120,16 +119,10 @@ class _Chain:
 class PowerSampler(Sampler):
     """Runs chains of one prompt against an engine; pure: it only awaits the engine it is given."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        on_event: EventSink | None = None,
-    ) -> None:
-        super().__init__(engine, prompt_ids, params, on_event=on_event)
-        self.plan = BudgetPlan.from_params(params)
+    plan: BudgetPlan
+
+    def _plan(self, params: SamplingParams) -> BudgetPlan:
+        return BudgetPlan.from_params(params)
 
     async def run(self, resume: Mapping[int, ChainState] | None = None) -> list[ChainState]:  # type: ignore[override]
         """Run the request's n chains concurrently (their proposals meet in the engine's batches)."""

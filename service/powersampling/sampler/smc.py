@@ -37,13 +37,12 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from powersampling.engines.base import Engine, ExtendRequest, Extension
+from powersampling.engines.base import ExtendRequest, Extension
 from powersampling.errors import EngineError
 from powersampling.events import (
     ChainFinished,
     ChainStarted,
     Checkpoint,
-    EventSink,
     SamplerEvent,
     SmcChunkFinished,
     SmcParticle,
@@ -164,17 +163,10 @@ class _Chain:
 class SmcSampler(Sampler):
     """Runs the Power-SMC chains of one prompt against an engine; pure: it only awaits the engine."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        on_event: EventSink | None = None,
-    ) -> None:
-        super().__init__(engine, prompt_ids, params, on_event=on_event)
-        self.plan = SmcPlan.from_params(params)
-        self.alpha = params.alpha
+    plan: SmcPlan
+
+    def _plan(self, params: SamplingParams) -> SmcPlan:
+        return SmcPlan.from_params(params)
 
     # -- the interface
 
@@ -422,7 +414,7 @@ class SmcSampler(Sampler):
     ) -> float:
         """Σ over the new tokens of the incremental log-weight (ramp-aware), plus the catch-up to the
         full alpha when the particle ends."""
-        alpha, plan = self.alpha, self.plan
+        alpha, plan = self.params.alpha, self.plan
         if plan.ramp_tokens == 0:
             return alpha * math.fsum(new_logp) - math.fsum(new_logq)
         terms = []
