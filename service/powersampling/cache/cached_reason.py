@@ -74,7 +74,7 @@ async def reason_cached(
             # Served as stored: latency_s and the statistics are those of the run that produced it.
             report(CacheStatus.HIT, 0)
             return completed, CacheStatus.HIT
-        stored = await _quietly(lambda: cache.get_checkpoints(key), {})
+        stored: dict[int, Checkpoint] = await _quietly(lambda: cache.get_checkpoints(key), {})
         resume = {i: s for i, s in stored.items() if sampler.fits_checkpoint(i, s)}
     if resume:
         status = CacheStatus.RESUMED

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from powersampling.engines.base import Engine
+from powersampling.engines.base import Engine, ExtendRequest, Extension
+from powersampling.errors import EngineError
 from powersampling.events import Checkpoint, EventSink, SamplerEvent
 from powersampling.params import Method, SamplingParams
 from powersampling.results import SmcStats
+from powersampling.sampler.stops import StopMatcher
 
 
 def chain_seed(seed: int, chain_index: int) -> int:
@@ -43,12 +45,63 @@ class ChainOutcome:
     smc: SmcStats | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """Tokens drawn from q after a kept prefix, cut after a stop string, with their log p and log q."""
+
+    tokens: list[int]
+    logp: list[float]
+    logq: list[float]
+    finish_reason: str | None  # "eos", "stop" or None
+    generated: int  # tokens the engine produced, including any cut off after a stop string
+
+
 class Sampler(abc.ABC):
     """Samples the n chains of one prompt from p^alpha through an engine; pure: no I/O of its own."""
 
-    engine: Engine
-    prompt: tuple[int, ...]
-    params: SamplingParams
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        on_event: EventSink | None = None,
+    ) -> None:
+        if params.seed is None:
+            raise ValueError("the sampler needs a seeded SamplingParams (see SamplingParams.with_seed)")
+        self.engine = engine
+        self.prompt = tuple(prompt_ids)
+        self.params = params
+        self.temperature = params.temperature
+        self._emit: EventSink = on_event or (lambda _event: None)
+        self._stops = StopMatcher(params.stop, engine.detokenize) if params.stop else None
+        self.plan = self._plan(params)
+
+    @abc.abstractmethod
+    def _plan(self, params: SamplingParams) -> object:
+        """The sampler's plan of the request (blocks and steps, particles and sweeps, ...)."""
+
+    def _draw(self, kept: Sequence[int], request: ExtendRequest, ext: Extension) -> Draw:
+        """The engine's answer to `request` (an extension of `kept`), checked and cut at a stop string."""
+        tokens, logp, logq = list(ext.token_ids), list(ext.logp), list(ext.logq)
+        generated = len(tokens)
+        if not 0 < generated <= request.max_new_tokens or not len(logp) == len(logq) == generated:
+            raise EngineError(
+                f"engine returned {generated} tokens with {len(logp)} log p and {len(logq)} log q "
+                f"for a request of at most {request.max_new_tokens}"
+            )
+        finish_reason = "eos" if ext.ended_by_eos else None
+        if self._stops is not None and finish_reason is None:
+            cut = self._stops.cut(kept, tokens)
+            if cut is not None:
+                tokens, logp, logq = tokens[:cut], logp[:cut], logq[:cut]
+                finish_reason = "stop"
+        return Draw(tokens, logp, logq, finish_reason, generated)
+
+    def _answer_text(self, token_ids: Sequence[int]) -> str:
+        """An answer's text: generated tokens without special tokens, cut before a stop string."""
+        text = self.engine.detokenize(token_ids)
+        return self._stops.trim_text(text) if self._stops is not None else text
 
     @abc.abstractmethod
     async def run(self, resume: Mapping[int, Checkpoint] | None = None) -> Sequence[Checkpoint]:

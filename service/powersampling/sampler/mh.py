@@ -24,23 +24,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from powersampling.engines.base import Engine, ExtendRequest
-from powersampling.errors import EngineError
+from powersampling.engines.base import ExtendRequest
 from powersampling.events import (
     BlockFinished,
     ChainFinished,
     ChainStarted,
     ChainState,
     Checkpoint,
-    EventSink,
     McmcStepSkipped,
     McmcStepTaken,
     SamplerEvent,
 )
 from powersampling.params import SamplingParams
-from powersampling.sampler.base import ChainOutcome, Sampler, chain_seed
+from powersampling.sampler.base import ChainOutcome, Draw, Sampler, chain_seed
 from powersampling.sampler.budget import BudgetPlan
-from powersampling.sampler.stops import StopMatcher
 
 
 def log_acceptance_ratio(
@@ -119,35 +116,13 @@ class _Chain:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Proposal:
-    tokens: list[int]
-    logp: list[float]
-    logq: list[float]
-    finish_reason: str | None
-    generated: int  # tokens the engine produced, including any cut off after a stop string
-
-
 class PowerSampler(Sampler):
     """Runs chains of one prompt against an engine; pure: it only awaits the engine it is given."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        on_event: EventSink | None = None,
-    ) -> None:
-        if params.seed is None:
-            raise ValueError("the sampler needs a seeded SamplingParams (see SamplingParams.with_seed)")
-        self.engine = engine
-        self.prompt = tuple(prompt_ids)
-        self.params = params
-        self.plan = BudgetPlan.from_params(params)
-        self.temperature = params.temperature
-        self._emit: EventSink = on_event or (lambda _event: None)
-        self._stops = StopMatcher(params.stop, engine.detokenize) if params.stop else None
+    plan: BudgetPlan
+
+    def _plan(self, params: SamplingParams) -> BudgetPlan:
+        return BudgetPlan.from_params(params)
 
     async def run(self, resume: Mapping[int, ChainState] | None = None) -> list[ChainState]:  # type: ignore[override]
         """Run the request's n chains concurrently (their proposals meet in the engine's batches)."""
@@ -250,7 +225,7 @@ class PowerSampler(Sampler):
         kept_logq: list[float],
         target: int,
         rng: np.random.Generator,
-    ) -> _Proposal:
+    ) -> Draw:
         """Draw tokens from q after `kept` until `target` tokens, EOS or a stop string."""
         request = ExtendRequest(
             prefix=self.prompt + tuple(kept),
@@ -260,28 +235,14 @@ class PowerSampler(Sampler):
             stop=self.params.stop,
         )
         (ext,) = await self.engine.extend([request])
-        tokens, logp, logq = list(ext.token_ids), list(ext.logp), list(ext.logq)
-        generated = len(tokens)
-        if not 0 < generated <= request.max_new_tokens or not len(logp) == len(logq) == generated:
-            raise EngineError(
-                f"engine returned {generated} tokens with {len(logp)} log p and {len(logq)} log q "
-                f"for a request of at most {request.max_new_tokens}"
-            )
-        finish_reason = "eos" if ext.ended_by_eos else None
-        if self._stops is not None and finish_reason is None:
-            cut = self._stops.cut(kept, tokens)
-            if cut is not None:
-                tokens, logp, logq = tokens[:cut], logp[:cut], logq[:cut]
-                finish_reason = "stop"
-        return _Proposal(tokens, logp, logq, finish_reason, generated)
+        return self._draw(kept, request, ext)
 
     def finish_reason(self, state: ChainState) -> str:
         return state.finish_reason or "length"
 
     def text(self, state: ChainState) -> str:
         """The answer's text: generated tokens without special tokens, cut before a stop string."""
-        text = self.engine.detokenize(state.token_ids)
-        return self._stops.trim_text(text) if self._stops is not None else text
+        return self._answer_text(state.token_ids)
 
     def outcome(self, state: Checkpoint) -> ChainOutcome:
         assert isinstance(state, ChainState)

@@ -33,17 +33,16 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from powersampling.engines.base import Engine, ExtendRequest, Extension
+from powersampling.engines.base import ExtendRequest, Extension
 from powersampling.errors import EngineError
 from powersampling.events import (
     ChainFinished,
     ChainStarted,
     Checkpoint,
-    EventSink,
     SamplerEvent,
     SmcChunkFinished,
     SmcParticle,
@@ -53,7 +52,6 @@ from powersampling.events import (
 from powersampling.params import SamplingParams
 from powersampling.results import SmcStats
 from powersampling.sampler.base import ChainOutcome, Sampler, chain_seed
-from powersampling.sampler.stops import StopMatcher
 
 _FINAL_DRAW = 2**32  # the third seed word of a sweep's final draw and PIMH test (chunks use 0, 1, ...)
 _MAX_SEED = 2**63 - 1
@@ -129,7 +127,7 @@ def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
 class _Chain:
     """Mutable working state of one Power-SMC chain (events carry frozen SmcState copies)."""
 
-    index: int
+    chain_index: int
     seed: int
     num_particles: int
     sweep_index: int = 0
@@ -154,79 +152,21 @@ class _Chain:
 
     @classmethod
     def from_state(cls, s: SmcState) -> _Chain:
-        return cls(
-            index=s.chain_index,
-            seed=s.seed,
-            num_particles=s.num_particles,
-            sweep_index=s.sweep_index,
-            chunks_done=s.chunks_done,
-            particles=list(s.particles),
-            sweep_log_z=s.sweep_log_z,
-            sweep_resamples=s.sweep_resamples,
-            sweep_ess_min=s.sweep_ess_min,
-            answer_token_ids=s.answer_token_ids,
-            answer_logp=s.answer_logp,
-            answer_finish_reason=s.answer_finish_reason,
-            answer_log_z=s.answer_log_z,
-            tokens_spent=s.tokens_spent,
-            sweeps_done=s.sweeps_done,
-            accepted_sweeps=s.accepted_sweeps,
-            changed_sweeps=s.changed_sweeps,
-            skipped_sweeps=s.skipped_sweeps,
-            resamples=s.resamples,
-            ess_min=s.ess_min,
-            unique_ancestors=s.unique_ancestors,
-            ended=s.ended,
-        )
+        values = {f.name: getattr(s, f.name) for f in fields(SmcState)}
+        return cls(**values | {"particles": list(s.particles)})
 
     def snapshot(self) -> SmcState:
-        return SmcState(
-            chain_index=self.index,
-            seed=self.seed,
-            num_particles=self.num_particles,
-            sweep_index=self.sweep_index,
-            chunks_done=self.chunks_done,
-            particles=tuple(self.particles),
-            sweep_log_z=self.sweep_log_z,
-            sweep_resamples=self.sweep_resamples,
-            sweep_ess_min=self.sweep_ess_min,
-            answer_token_ids=self.answer_token_ids,
-            answer_logp=self.answer_logp,
-            answer_finish_reason=self.answer_finish_reason,
-            answer_log_z=self.answer_log_z,
-            tokens_spent=self.tokens_spent,
-            sweeps_done=self.sweeps_done,
-            accepted_sweeps=self.accepted_sweeps,
-            changed_sweeps=self.changed_sweeps,
-            skipped_sweeps=self.skipped_sweeps,
-            resamples=self.resamples,
-            ess_min=self.ess_min,
-            unique_ancestors=self.unique_ancestors,
-            ended=self.ended,
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(SmcState)}
+        return SmcState(**values | {"particles": tuple(self.particles)})
 
 
 class SmcSampler(Sampler):
     """Runs the Power-SMC chains of one prompt against an engine; pure: it only awaits the engine."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        on_event: EventSink | None = None,
-    ) -> None:
-        if params.seed is None:
-            raise ValueError("the sampler needs a seeded SamplingParams (see SamplingParams.with_seed)")
-        self.engine = engine
-        self.prompt = tuple(prompt_ids)
-        self.params = params
-        self.plan = SmcPlan.from_params(params)
-        self.alpha = params.alpha
-        self.temperature = params.temperature
-        self._emit: EventSink = on_event or (lambda _event: None)
-        self._stops = StopMatcher(params.stop, engine.detokenize) if params.stop else None
+    plan: SmcPlan
+
+    def _plan(self, params: SamplingParams) -> SmcPlan:
+        return SmcPlan.from_params(params)
 
     # -- the interface
 
@@ -331,7 +271,10 @@ class SmcSampler(Sampler):
         slots = plan.sweeps * plan.chunks_per_sweep
         self._emit(
             ChainStarted(
-                chain.index, chain.seed, slots, chain.sweep_index * plan.chunks_per_sweep + chain.chunks_done
+                chain.chain_index,
+                chain.seed,
+                slots,
+                chain.sweep_index * plan.chunks_per_sweep + chain.chunks_done,
             )
         )
         while not chain.ended and chain.sweep_index < plan.sweeps:
@@ -342,7 +285,7 @@ class SmcSampler(Sampler):
             await self._run_sweep(chain)
         chain.ended = True
         final = chain.snapshot()
-        self._emit(ChainFinished(chain.index, final, chain.answer_finish_reason or "length"))
+        self._emit(ChainFinished(chain.chain_index, final, chain.answer_finish_reason or "length"))
         return final
 
     async def _run_sweep(self, chain: _Chain) -> None:
@@ -381,7 +324,7 @@ class SmcSampler(Sampler):
         chain.particles = []
         self._emit(
             SmcSweepFinished(
-                chain_index=chain.index,
+                chain_index=chain.chain_index,
                 sweep_index=r,
                 num_sweeps=plan.sweeps,
                 log_z_hat=log_z,
@@ -431,7 +374,7 @@ class SmcSampler(Sampler):
         chain.chunks_done = c + 1
         self._emit(
             SmcChunkFinished(
-                chain_index=chain.index,
+                chain_index=chain.chain_index,
                 sweep_index=r,
                 num_sweeps=plan.sweeps,
                 chunk_index=c,
@@ -447,19 +390,8 @@ class SmcSampler(Sampler):
 
     def _extended(self, particle: SmcParticle, request: ExtendRequest, ext: Extension) -> SmcParticle:
         """The particle after its chunk: new tokens (cut at a stop string), weight, finish reason."""
-        tokens, logp, logq = list(ext.token_ids), list(ext.logp), list(ext.logq)
-        generated = len(tokens)
-        if not 0 < generated <= request.max_new_tokens or not len(logp) == len(logq) == generated:
-            raise EngineError(
-                f"engine returned {generated} tokens with {len(logp)} log p and {len(logq)} log q "
-                f"for a request of at most {request.max_new_tokens}"
-            )
-        finish_reason = "eos" if ext.ended_by_eos else None
-        if self._stops is not None and finish_reason is None:
-            cut = self._stops.cut(particle.token_ids, tokens)
-            if cut is not None:
-                tokens, logp, logq = tokens[:cut], logp[:cut], logq[:cut]
-                finish_reason = "stop"
+        draw = self._draw(particle.token_ids, request, ext)
+        tokens, logp, logq, finish_reason = draw.tokens, draw.logp, draw.logq, draw.finish_reason
         all_logp = particle.logp + tuple(logp)
         length = len(all_logp)
         if finish_reason is None and length >= self.plan.max_new_tokens:
@@ -482,7 +414,7 @@ class SmcSampler(Sampler):
     ) -> float:
         """Σ over the new tokens of the incremental log-weight (ramp-aware), plus the catch-up to the
         full alpha when the particle ends."""
-        alpha, plan = self.alpha, self.plan
+        alpha, plan = self.params.alpha, self.plan
         if plan.ramp_tokens == 0:
             return alpha * math.fsum(new_logp) - math.fsum(new_logq)
         terms = []
@@ -501,5 +433,4 @@ class SmcSampler(Sampler):
 
     def text(self, state: SmcState) -> str:
         """The answer's text: generated tokens without special tokens, cut before a stop string."""
-        text = self.engine.detokenize(state.answer_token_ids)
-        return self._stops.trim_text(text) if self._stops is not None else text
+        return self._answer_text(state.answer_token_ids)
