@@ -13,7 +13,8 @@ Sets are `powersampling bench` datasets (`NAME[:PROBLEMS]`); the few-shot arithm
 10-token answers, reasoning-gym's chain_sum and gsm_symbolic multi-step answers of 100+ tokens. The
 vLLM engine runs when vllm is importable and is skipped (with a note) otherwise. Rows go to
 <out>/rows.jsonl as they finish (a rerun with the same --out resumes), the table to
-<out>/summary.md and summary.json. `--engines toy --sets toy:10` is a seconds-long smoke run.
+<out>/summary.md and summary.json (`--report` rebuilds them from the rows of a run cut short: only
+problems that every method answered count). `--engines toy --sets toy:10` is a seconds-long smoke run.
 """
 
 from __future__ import annotations
@@ -172,10 +173,18 @@ def _plain(value: Any) -> dict[str, Any]:
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (engine, set, method): accuracy, wall time and tokens per answer, x plain decoding.
 
-    The multiple compares mean wall times over the same (problem, seed) pairs as the baseline."""
+    Only the (seed, problem) pairs that every method of the set answered count (a run cut short
+    leaves a partial problem); the multiple compares mean wall times over those pairs."""
+    methods: dict[tuple[str, str], set[str]] = defaultdict(set)
+    answered: dict[tuple[str, str, int, str], set[str]] = defaultdict(set)
+    for row in rows:
+        methods[(row["engine"], row["set"])].add(row["method"])
+        answered[(row["engine"], row["set"], row["seed"], row["problem"])].add(row["method"])
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        groups[(row["engine"], row["set"])][row["method"]].append(row)
+        key = (row["engine"], row["set"])
+        if answered[(*key, row["seed"], row["problem"])] == methods[key]:
+            groups[key][row["method"]].append(row)
     lines = []
     for (engine, set_name), by_method in groups.items():
         baseline = {(r["seed"], r["problem"]): r for r in by_method.get(BASELINE, [])}
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/smc_vs_mh"))
     p.add_argument("--no-resume", action="store_true", help="discard the rows of an earlier run in --out")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true", help="only rebuild the summary from <out>/rows.jsonl")
     return p
 
 
@@ -261,18 +271,21 @@ async def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "rows.jsonl"
     settings_path = args.out / "settings.json"
-    settings = {
-        k: v for k, v in vars(args).items() if k not in ("out", "no_resume", "quiet", "engines", "sets")
-    }
-    settings = json.loads(json.dumps(settings, default=str))
+    unrelated = ("out", "no_resume", "quiet", "engines", "sets", "report")
+    settings = json.loads(
+        json.dumps({k: v for k, v in vars(args).items() if k not in unrelated}, default=str)
+    )
     if args.no_resume:
         rows_path.unlink(missing_ok=True)
+    elif args.report:
+        pass  # only the summary is rebuilt, whatever settings made the rows
     elif rows_path.exists() and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         print(f"{args.out}: holds rows of other settings; use another --out or --no-resume", file=sys.stderr)
         return 2
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    if not args.report:
+        settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    for kind in filter(None, (e.strip() for e in args.engines.split(","))):
+    for kind in [] if args.report else filter(None, (e.strip() for e in args.engines.split(","))):
         engine = open_engine(kind, args)
         if engine is None:
             continue

@@ -44,6 +44,12 @@ def test_the_benchmark_compares_every_method_on_the_same_problems(
     assert asyncio.run(script.main([*argv, "--out", str(tmp_path)])) == 0
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
     assert asyncio.run(script.main([*argv, "--out", str(tmp_path), "--alpha", "2"])) == 2
+    # A run cut short mid-problem: the summary counts only problems every method answered.
+    with (tmp_path / "rows.jsonl").open("a") as sink:
+        sink.write(json.dumps({**rows[0], "problem": "toy-extra"}) + "\n")
+    capsys.readouterr()
+    assert asyncio.run(script.main(["--report", "--out", str(tmp_path)])) == 0
+    assert "| toy | toy | sample | 8 |" in capsys.readouterr().out  # not 9: toy-extra is left out
 
 
 def test_vllm_is_skipped_when_absent(capsys: pytest.CaptureFixture[str]) -> None:
