@@ -87,3 +87,24 @@ async def test_mh_requests_have_no_sweep_spans_or_smc_attributes() -> None:
     (reason,) = by_name(spans, "Reason")
     assert "powersampling.ess_min" not in reason.attributes
     assert "powersampling.particles" not in reason.attributes
+
+
+async def test_a_failed_smc_run_ends_its_sweep_span_as_interrupted() -> None:
+    from powersampling.errors import EngineError
+
+    from tests.telemetry.test_spans import FailingEngine
+
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(span_exporter=exporter)
+    with pytest.raises((EngineError, ExceptionGroup)):
+        # 32 tokens in chunks of 4: at most 8 chunk calls per sweep; with this seed the 11th is in sweep 1.
+        await drive(telemetry, smc_params(), engine=FailingEngine(fail_at=11))  # type: ignore[arg-type]
+    spans = exporter.get_finished_spans()
+    sweeps = sorted(by_name(spans, "sweep"), key=lambda s: s.attributes["powersampling.sweep_index"])
+    assert [s.attributes["powersampling.sweep_index"] for s in sweeps] == [0, 1]
+    assert "powersampling.interrupted" not in sweeps[0].attributes
+    assert sweeps[1].attributes["powersampling.interrupted"] is True
+    assert [e.name for e in sweeps[1].events].count("smc.ess") >= 1
+    (reason,) = by_name(spans, "Reason")
+    assert reason.attributes["error.type"] == "EngineError"
+    assert reason.attributes["powersampling.tokens_proposed"] > 0
