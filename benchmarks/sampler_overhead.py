@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from powersampling import reason_async
 from powersampling.engines.base import BatchingEngine
-from powersampling.engines.models import load_engine
+from powersampling.engines.factory import load_engine
 
 
 @dataclass

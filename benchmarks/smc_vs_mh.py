@@ -89,7 +89,8 @@ def open_engine(kind: str, args: argparse.Namespace) -> Engine | None:
     if kind == "vllm" and importlib.util.find_spec("vllm") is None:
         print("vllm: not installed here; skipped (see scripts/install_vllm_cpu.sh)", file=sys.stderr)
         return None
-    from powersampling.engines.models import DEFAULT_MODEL, load_engine
+    from powersampling.engines.factory import load_engine
+    from powersampling.models import DEFAULT_MODEL
 
     return load_engine(args.model or DEFAULT_MODEL, engine=kind, device=args.device)
 

@@ -151,7 +151,7 @@ def load(model: str | None) -> Engine:
         from powersampling.engines.toy import demo_engine
 
         return demo_engine()
-    from powersampling.engines.models import load_engine
+    from powersampling.engines.factory import load_engine
 
     return load_engine(model, engine="torch")
 

@@ -12,7 +12,8 @@ import argparse
 import time
 
 from powersampling.engines.base import ExtendRequest
-from powersampling.engines.models import DEFAULT_MODEL, load_engine
+from powersampling.engines.factory import load_engine
+from powersampling.models import DEFAULT_MODEL
 
 FEW_SHOT = "Q: What is 12 + 30?\nA: 42\nQ: What is 7 * 8?\nA: 56\nQ: What is 37 + 48?\nA:"
 

@@ -30,7 +30,8 @@ from typing import Any
 
 from powersampling import reason_async
 from powersampling.engines.base import Engine, ExtendRequest
-from powersampling.engines.models import DEFAULT_MODEL, load_engine
+from powersampling.engines.factory import load_engine
+from powersampling.models import DEFAULT_MODEL
 
 # Questions with long answers, so that requests fill their blocks (short answers end at EOS early).
 PROMPTS = [

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from powersampling import cli
@@ -86,9 +87,11 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert config.default_method.value == "greedy"
 
 
-@pytest.fixture
-def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`powersampling serve` on the demo toy engine in its own process; yields it and its address."""
+def start_serve_process(*flags: str) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`powersampling serve` on the demo toy engine in its own process, once it serves.
+
+    Returns the process, its address and the log lines it wrote until then.
+    """
     process = subprocess.Popen(
         [
             sys.executable,
@@ -101,6 +104,7 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
             "127.0.0.1",
             "--port",
             "0",
+            *flags,
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -108,17 +112,29 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     )
     assert process.stderr is not None
     address = ""
+    lines: list[str] = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
             break
+        lines.append(line)
         match = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
         address = match[1] if match else address
         if "serving toy-demo" in line:
             break
+    if not address:
+        process.kill()
+        process.wait()
+        raise AssertionError("the server did not start: " + "".join(lines))
+    return process, address, lines
+
+
+@pytest.fixture
+def serve_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`powersampling serve` on the demo toy engine in its own process; yields it and its address."""
+    process, address, _ = start_serve_process()
     try:
-        assert address, "the server did not start"
         yield process, address
     finally:
         if process.poll() is None:
@@ -180,3 +196,84 @@ async def test_describe_sends_the_token(
     finally:
         await running.stop(0)
         await engine.close()
+
+
+def test_engine_knob_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ServerConfig] = []
+
+    async def fake_serve(config: ServerConfig) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(cli, "_serve_until_signalled", fake_serve)
+    monkeypatch.setenv("POWERSAMPLING_VLLM_PIPELINE_PARALLEL_SIZE", "2")
+    argv = ["serve", "--engine", "vllm", "--vllm-tensor-parallel-size", "8", "--engine-max-batch-size", "32"]
+    assert cli.main([*argv, "--vllm-distributed-executor-backend", "ray"]) == 0
+    (config,) = seen
+    options = config.engine_options()
+    assert (options["tensor_parallel_size"], options["pipeline_parallel_size"]) == (8, 2)
+    assert (options["max_num_seqs"], options["distributed_executor_backend"]) == (32, "ray")
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    """The first SIGTERM starts a 60 s drain; a second one ends it now, cancelling what still runs."""
+    import grpc
+    from powersampling._proto.v1 import reasoning_pb2 as pb
+    from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
+
+    process, address, lines = start_serve_process("--drain-timeout-s", "60")
+    try:
+        assert any("loading the toy demo model" in line for line in lines), lines
+        assert not any("qwen" in line for line in lines), lines  # it says what it really loads
+        with grpc.insecure_channel(address) as channel:
+            # A long request (seconds of work) that keeps the drain busy.
+            request = pb.ReasonRequest(
+                text="hello", max_new_tokens=3000, block_size=10, mcmc_steps=20, seed=1
+            )
+            call = pb_grpc.ReasoningServiceStub(channel).Reason(request)
+            assert next(call).HasField("started")
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=1)  # draining: the request may still finish
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    assert "Traceback" not in process.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--host", "not a host"], "host: 'not a host' is neither an IP address nor a host name"),
+        (["--auth-tokens", '{"": "t"}'], "auth_tokens: a token must not be empty"),
+        (["--auth-token", ""], "auth_token: must not be empty"),
+        (["--auth-tokens-file", "/no/such/tokens.json"], "auth_tokens_file: cannot read"),
+    ],
+)
+def test_bad_serve_settings_print_one_line_naming_the_problem(
+    flags: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--engine", "toy", "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"powersampling: error: {expected}"), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_tls_key_that_is_not_the_certificates_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.server.test_security import write_self_signed_certificate
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, _ = write_self_signed_certificate(tmp_path / "a")
+    _, other_key = write_self_signed_certificate(tmp_path / "b")
+    argv = ["serve", "--engine", "toy", "--host", "127.0.0.1", "--port", "0"]
+    assert cli.main([*argv, "--tls-cert-file", str(cert), "--tls-key-file", str(other_key)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("powersampling: error: tls_key_file: ") and "is not the private key" in err, err

@@ -59,3 +59,57 @@ def test_invalid_environment_names_the_setting(monkeypatch: pytest.MonkeyPatch) 
 def test_tls_needs_both_files() -> None:
     config = ServerConfig(tls_cert_file="c.pem", tls_key_file="k.pem")
     assert config.tls_enabled
+
+
+def test_engine_knobs_reach_the_engine_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POWERSAMPLING_VLLM_TENSOR_PARALLEL_SIZE", "4")
+    monkeypatch.setenv("POWERSAMPLING_VLLM_DISTRIBUTED_EXECUTOR_BACKEND", "ray")
+    config = load_config(
+        engine="vllm",
+        device="cuda",
+        engine_max_batch_size=128,
+        vllm_pipeline_parallel_size=2,
+        vllm_data_parallel_size=3,
+        vllm_gpu_memory_utilization=0.5,
+        vllm_max_model_len=4096,
+        vllm_num_logprobs=64,
+    )
+    assert config.engine_options() == {
+        "device": "cuda",
+        "max_num_seqs": 128,
+        "num_logprobs": 64,
+        "max_model_len": 4096,
+        "gpu_memory_utilization": 0.5,
+        "tensor_parallel_size": 4,
+        "pipeline_parallel_size": 2,
+        "data_parallel_size": 3,
+        "distributed_executor_backend": "ray",
+    }
+    with pytest.raises(InvalidArgument, match=r"^vllm_tensor_parallel_size: applies to the vllm engine only"):
+        load_config(engine="torch")  # the environment still sets a vllm knob
+    monkeypatch.delenv("POWERSAMPLING_VLLM_TENSOR_PARALLEL_SIZE")
+    monkeypatch.delenv("POWERSAMPLING_VLLM_DISTRIBUTED_EXECUTOR_BACKEND")
+    torch_config = load_config(engine="torch", device="cpu", engine_max_batch_size=8)
+    assert torch_config.engine_options() == {"device": "cpu", "max_batch_size": 8}
+    assert load_config(engine="toy").engine_options() == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"engine": "torch", "vllm_tensor_parallel_size": 2}, "vllm_tensor_parallel_size"),
+        ({"engine": "toy", "vllm_distributed_executor_backend": "ray"}, "vllm_distributed_executor_backend"),
+        ({"engine": "toy", "engine_max_batch_size": 4}, "engine_max_batch_size"),
+        (
+            {"engine": "vllm", "vllm_distributed_executor_backend": "carrier-pigeon"},
+            "vllm_distributed_executor_backend",
+        ),
+        ({"engine": "vllm", "vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization"),
+        ({"engine": "vllm", "vllm_data_parallel_size": 0}, "vllm_data_parallel_size"),
+        ({"engine": "onnx"}, "engine"),
+    ],
+)
+def test_engine_knobs_for_another_engine_are_refused(settings: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        load_config(**settings)
+    assert info.value.field == field and "\n" not in info.value.message

@@ -112,13 +112,21 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signalled(config: ServerConfig) -> int:
+    """Serve until SIGINT or SIGTERM, then drain; a second signal during the drain stops at once."""
     from powersampling.server import serve
 
     running = await serve(config)
     stop = asyncio.Event()
+    force = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            force.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     stop_requested = loop.create_task(stop.wait())
     await asyncio.wait({running.startup, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
     if running.startup.done() and not running.startup.cancelled() and running.startup.exception() is not None:
@@ -130,8 +138,19 @@ async def _serve_until_signalled(config: ServerConfig) -> int:
         _print_error(f"engine: {error}")
         return 1
     await stop_requested
-    await running.stop()
-    return 0
+    draining = loop.create_task(running.stop())
+    forced = loop.create_task(force.wait())
+    await asyncio.wait({draining, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if draining.done():
+        forced.cancel()
+        await draining
+        return 0
+    logging.getLogger("powersampling.server").warning(
+        "second signal: stopping now, cancelling in-flight calls"
+    )
+    await running.server.stop(0)  # cuts the drain short: in-flight calls are cancelled now
+    await draining
+    return 130
 
 
 # --- healthcheck and describe: small clients of a running server ------------------------------------

@@ -3,20 +3,27 @@ variables and overridden by command-line flags (see `powersampling serve --help`
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from powersampling.engines.models import DEFAULT_MODEL
+from powersampling.cache.keys import MAX_TENANT_LENGTH
+from powersampling.engines.factory import EngineName
 from powersampling.errors import InvalidArgument
+from powersampling.models import DEFAULT_MODEL
 from powersampling.params import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PARTICLES,
     DEFAULT_RAMP_TOKENS,
     DEFAULT_RESAMPLE_THRESHOLD,
     DEFAULT_SWEEPS,
+    MAX_BUDGET_LIMIT,
     MAX_PARTICLES,
     MAX_SWEEPS,
     MAX_TOKENS_LIMIT,
@@ -27,6 +34,9 @@ from powersampling.params import (
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
 MIB = 1 << 20
+# A DNS name: dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
 
 class ServerConfig(BaseSettings):
@@ -40,10 +50,34 @@ class ServerConfig(BaseSettings):
 
     # What to serve.
     model: str = Field(DEFAULT_MODEL, min_length=1, description="model name or local Hugging Face folder")
-    engine: str = Field(
-        "torch", min_length=1, description="engine that runs the model (torch, or toy for a demo)"
+    engine: EngineName = Field(
+        "torch", description="engine that runs the model: torch, vllm, or toy (a demo without weights)"
     )
     device: str = Field("auto", min_length=1, description="device for the engine: auto, cpu, cuda, ...")
+
+    # Engine knobs (unset: the engine's own default). vllm_* apply to the vllm engine only.
+    engine_max_batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="sequences in one batch (torch) or running at once (vllm)"
+    )
+    vllm_num_logprobs: int | None = Field(
+        None, ge=1, le=1 << 20, description="top-K log p behind each log q (its tail is bounded)"
+    )
+    vllm_max_model_len: int | None = Field(
+        None, ge=2, description="context length; unset: min(model's, 8192)"
+    )
+    vllm_gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of each GPU's memory vLLM may take"
+    )
+    vllm_tensor_parallel_size: int | None = Field(
+        None, ge=1, le=1024, description="GPUs each layer is split over"
+    )
+    vllm_pipeline_parallel_size: int | None = Field(
+        None, ge=1, le=1024, description="stages the layers are split into"
+    )
+    vllm_data_parallel_size: int | None = Field(None, ge=1, le=1024, description="model replicas vLLM runs")
+    vllm_distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = Field(
+        None, description="how vLLM runs its workers (ray for several nodes); unset: vLLM chooses"
+    )
     redis_url: str | None = Field(None, description="Redis URL of the chain cache; unset: no cache")
 
     # Capacity and request limits.
@@ -55,14 +89,59 @@ class ServerConfig(BaseSettings):
     max_prompt_chars: int = Field(200_000, ge=1, description="characters of a prompt (all messages together)")
     max_message_bytes: int = Field(4 * MIB, ge=1024, le=1 << 30, description="largest gRPC message, in bytes")
 
+    # Caps on one request's work (a request over one is refused with INVALID_ARGUMENT naming the field).
+    max_new_tokens_limit: int = Field(
+        32_768, ge=1, le=MAX_TOKENS_LIMIT, description="largest max_new_tokens a request may ask for"
+    )
+    max_token_budget: int = Field(
+        5_000_000,
+        ge=1,
+        le=MAX_BUDGET_LIMIT,
+        description="largest token_budget (per chain) a request may ask for",
+    )
+    max_planned_tokens: int = Field(
+        20_000_000,
+        ge=1,
+        description="most proposal tokens one request may plan, worst case over all its chains "
+        "(a token_budget bounds a chain's share)",
+    )
+
+    # Streams and connections.
+    stream_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="end a stream whose client has read nothing for this long while the server "
+        "waits to send (RESOURCE_EXHAUSTED), freeing its slot and stopping its sampling",
+    )
+    stream_max_age_s: float | None = Field(
+        None, gt=0, description="end any stream running longer than this (DEADLINE_EXCEEDED); unset: no limit"
+    )
+    keepalive_time_s: float = Field(
+        60.0, gt=0, le=86_400, description="ping a connection after this long without activity"
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="close a connection whose ping goes unanswered this long"
+    )
+
     # Security.
     auth_token: str | None = Field(
-        None, repr=False, description="bearer token every call but health checks must present"
+        None,
+        repr=False,
+        description="shared bearer token every call but health checks must present; when tenant tokens "
+        'are configured too it may use only the default tenant "". A flag shows in the process list: '
+        "prefer the environment variable",
     )
     auth_tokens: dict[str, str] = Field(
         default_factory=dict,
         repr=False,
-        description='tokens bound to tenants, as JSON {"token": "tenant"}; accepted besides auth_token',
+        description='tokens bound to tenants, as JSON {"token": "tenant"}; accepted besides auth_token. '
+        "A flag shows in the process list: prefer auth_tokens_file",
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description='file holding tenant tokens as a JSON object {"token": "tenant"}, merged with '
+        "auth_tokens (keeps tokens out of the process list)",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate chain; with tls_key_file enables TLS"
@@ -114,13 +193,90 @@ class ServerConfig(BaseSettings):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
         return key
 
+    # A knob set for another engine is refused rather than silently ignored (unset knobs are None).
+    @field_validator(
+        "vllm_num_logprobs",
+        "vllm_max_model_len",
+        "vllm_gpu_memory_utilization",
+        "vllm_tensor_parallel_size",
+        "vllm_pipeline_parallel_size",
+        "vllm_data_parallel_size",
+        "vllm_distributed_executor_backend",
+    )
+    @classmethod
+    def _vllm_only(cls, value: Any, info: ValidationInfo) -> Any:
+        engine = info.data.get("engine")
+        if value is not None and engine is not None and engine != "vllm":
+            raise ValueError(f"applies to the vllm engine only (engine is {engine})")
+        return value
+
+    @field_validator("engine_max_batch_size")
+    @classmethod
+    def _not_for_toy(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("engine") == "toy":
+            raise ValueError("does not apply to the toy engine")
+        return value
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword options for `load_engine` on `engine`: the knobs that are set, in the engine's names."""
+        if self.engine == "toy":
+            return {}
+        options: dict[str, Any] = {"device": self.device}
+        batch_name = "max_batch_size" if self.engine == "torch" else "max_num_seqs"
+        if self.engine_max_batch_size is not None:
+            options[batch_name] = self.engine_max_batch_size
+        if self.engine == "vllm":
+            for name in type(self).model_fields:
+                value = getattr(self, name)
+                if name.startswith("vllm_") and value is not None:
+                    options[name.removeprefix("vllm_")] = value
+        return options
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host):
+                raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+        return host
+
+    @field_validator("auth_token")
+    @classmethod
+    def _auth_token(cls, token: str | None) -> str | None:
+        # An empty token must not silently turn authentication off.
+        if token is not None and not token.strip():
+            raise ValueError("must not be empty; leave the setting out to run without authentication")
+        return token
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _auth_tokens(cls, tokens: dict[str, str]) -> dict[str, str]:
+        _check_tenant_tokens(tokens)
+        return tokens
+
+    @field_validator("auth_tokens_file")
+    @classmethod
+    def _auth_tokens_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_tenant_tokens(path)
+        return path
+
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.auth_token) or bool(self.auth_tokens)
+        return bool(self.auth_token) or bool(self.auth_tokens) or self.auth_tokens_file is not None
+
+    def tenant_tokens(self) -> dict[str, str]:
+        """Tenant tokens from auth_tokens and auth_tokens_file together (token → tenant)."""
+        tokens = dict(self.auth_tokens)
+        if self.auth_tokens_file is not None:
+            tokens.update(read_tenant_tokens(self.auth_tokens_file))
+        return tokens
 
     def default_params(self) -> SamplingParams:
         """The SamplingParams an empty request resolves to (validated)."""
@@ -138,6 +294,32 @@ class ServerConfig(BaseSettings):
     def smc_defaults(self) -> dict[str, Any]:
         """The SMC fields an smc request takes when it leaves them unset."""
         return {name: getattr(self, f"default_{name}") for name in SMC_FIELDS}
+
+
+def _check_tenant_tokens(tokens: dict[str, Any]) -> None:
+    for token, tenant in tokens.items():
+        if not token.strip():
+            raise ValueError("a token must not be empty")
+        if not isinstance(tenant, str):
+            raise ValueError(f"the tenant of a token must be a string, got {type(tenant).__name__}")
+        if len(tenant) > MAX_TENANT_LENGTH:
+            raise ValueError(f"a tenant has at most {MAX_TENANT_LENGTH} characters, got {len(tenant)}")
+        if any(unicodedata.category(c).startswith("C") for c in tenant):
+            raise ValueError("a tenant must not contain control or unassigned characters")
+
+
+def read_tenant_tokens(path: Path) -> dict[str, str]:
+    """The {"token": "tenant"} JSON object in `path`; ValueError says what is wrong with it."""
+    try:
+        tokens = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON object: {exc}") from None
+    if not isinstance(tokens, dict):
+        raise ValueError(f'{path} must hold a JSON object {{"token": "tenant"}}')
+    _check_tenant_tokens(tokens)
+    return tokens
 
 
 def load_config(**overrides: Any) -> ServerConfig:

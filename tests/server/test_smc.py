@@ -289,3 +289,17 @@ async def test_a_server_whose_default_method_is_smc(start_server: StartServer) -
         assert not power[-1].final.answers[0].stats.HasField("smc")
         description = await stub.Describe(pb.DescribeRequest())
         assert description.defaults.method == pb.METHOD_SMC and description.defaults.particles == 3
+
+
+def test_smc_plans_every_particle_of_every_sweep_to_the_end() -> None:
+    from powersampling.server.limits import WorkLimits, check_work, planned_tokens_per_chain
+
+    params = SamplingParams(method=Method.SMC, particles=8, sweeps=3, max_new_tokens=100)
+    assert planned_tokens_per_chain(params) == 8 * 3 * 100
+    assert (
+        planned_tokens_per_chain(SamplingParams(method=Method.SMC, max_new_tokens=100, token_budget=500))
+        == 500
+    )
+    limits = WorkLimits(max_new_tokens=1000, max_token_budget=10**6, max_samples=4, max_planned_tokens=2000)
+    with pytest.raises(InvalidArgument, match=r"^token_budget: .*particles=8, sweeps=3"):
+        check_work(params, limits)

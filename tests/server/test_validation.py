@@ -43,9 +43,10 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     ({"messages": messages(("robot", "abc"))}, "messages[0].role"),
     ({"messages": messages(("user", "abc"))}, "messages"),  # the toy model has no chat template
     ({"token_ids": pb.TokenIds()}, "token_ids"),
-    ({"token_ids": pb.TokenIds(ids=[1, 99])}, "prompt"),
+    ({"token_ids": pb.TokenIds(ids=[1, 99])}, "token_ids"),
+    ({"text": "abc H"}, "text"),  # a character the toy tokenizer does not know
     ({"text": "a" * 200_001}, "text"),  # characters beyond the server's limit
-    ({"text": "ab" * 2100}, "prompt"),  # 4200 tokens beyond the toy model's 4096-token context
+    ({"text": "ab" * 2100}, "text"),  # 4200 tokens beyond the toy model's 4096-token context
     ({"token_ids": pb.TokenIds(ids=[1] * 5000)}, "token_ids"),
     ({"alpha": float("nan")}, "alpha"),
     ({"alpha": -2.0}, "alpha"),

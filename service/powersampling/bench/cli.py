@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from powersampling.engines.factory import ENGINES, load_engine
 from powersampling.errors import InvalidArgument, PowerSamplingError
-
-ENGINES = ("torch", "vllm", "toy")
 
 
 def _positive_int(value: str) -> int:
@@ -107,17 +106,14 @@ def add_bench_command(subparsers: Any) -> None:
 
 
 def _open_engine(kind: str, model: str | None, device: str = "auto") -> Any:
-    if kind not in ENGINES:
-        raise InvalidArgument("engine", f"unknown engine {kind!r}; use one of {', '.join(ENGINES)}")
     if kind == "toy":
+        # The quality benchmark's toy is the toy dataset's own exact model, not the demo toy.
         if model is not None:
             raise InvalidArgument("model", "the toy engine has a built-in model; leave --model out")
         from powersampling.bench.datasets import make_toy_engine
 
         return make_toy_engine()
-    from powersampling.engines.models import DEFAULT_MODEL, load_engine
-
-    return load_engine(model or DEFAULT_MODEL, engine=kind, device=device)
+    return load_engine(model, engine=kind, device=device)
 
 
 def run_quality_command(args: argparse.Namespace) -> int:

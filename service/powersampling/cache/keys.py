@@ -10,6 +10,7 @@ from powersampling.cache.base import CacheKey
 from powersampling.params import SamplingParams
 
 KEY_VERSION = 1  # bump when the sampler's output for the same request changes
+MAX_TENANT_LENGTH = 128  # characters of a tenant name, the namespace of its cache entries
 
 
 def request_key(fingerprint: str, tenant: str, prompt_ids: Sequence[int], params: SamplingParams) -> CacheKey:

@@ -28,7 +28,7 @@ def add_prepare_model_command(subparsers: Any) -> None:
 
 
 def run_prepare_model(args: argparse.Namespace) -> int:
-    from powersampling.engines.models import resolve_model
+    from powersampling.models import resolve_model
 
     prepared = resolve_model(args.model, cache_dir=args.cache_dir)
     print(

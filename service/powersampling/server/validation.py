@@ -24,12 +24,12 @@ from google.protobuf.message import DecodeError
 
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.cache.base import CachePolicy
+from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.base import ChatMessage, Prompt
 from powersampling.errors import InvalidArgument
 from powersampling.params import SMC_FIELDS, Method, SamplingParams
 from powersampling.server.errors import PermissionDenied
-
-MAX_TENANT_LENGTH = 128
+from powersampling.server.limits import WorkLimits, check_work
 
 METHODS: dict[int, Method] = {
     pb.METHOD_POWER: Method.POWER,
@@ -75,6 +75,7 @@ class RequestLimits:
     max_samples_per_request: int
     max_prompt_chars: int
     max_context_tokens: int
+    work: WorkLimits | None = None  # the operator's caps on the request's work; None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,14 @@ def decode_reason_request(data: bytes) -> pb.ReasonRequest | MalformedRequest:
         if field is not None:
             return MalformedRequest(field, "is not valid UTF-8")
         return MalformedRequest("request", "is not a valid ReasonRequest message")
+
+
+def decode_describe_request(data: bytes) -> pb.DescribeRequest | MalformedRequest:
+    """The Describe deserializer: a DescribeRequest, or what is wrong with the bytes (never raises)."""
+    try:
+        return pb.DescribeRequest.FromString(data)
+    except DecodeError:
+        return MalformedRequest("request", "is not a valid DescribeRequest message")
 
 
 def validate_reason_request(
@@ -142,6 +151,8 @@ def validate_reason_request(
             "block_size",
             f"{params.block_size} exceeds the model's whole context ({limits.max_context_tokens} tokens)",
         )
+    if limits.work is not None:
+        check_work(params, limits.work)
     return ValidRequest(
         prompt=prompt,
         params=params,
@@ -211,6 +222,11 @@ def _smc_options(
 def _tenant(requested: str, bound: str | None) -> str:
     if bound is not None:
         if requested and requested != bound:
+            if not bound:  # e.g. the shared token beside tenant tokens
+                raise PermissionDenied(
+                    "tenant",
+                    'these credentials may use only the default tenant ""; use a token bound to the tenant',
+                )
             raise PermissionDenied("tenant", "differs from the tenant of the caller's credentials")
         return bound
     if len(requested) > MAX_TENANT_LENGTH:
@@ -284,6 +300,7 @@ __all__ = [
     "MalformedRequest",
     "RequestLimits",
     "ValidRequest",
+    "decode_describe_request",
     "decode_reason_request",
     "validate_reason_request",
 ]

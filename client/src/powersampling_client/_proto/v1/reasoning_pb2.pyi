@@ -326,7 +326,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_samples_per_request", "max_prompt_chars", "max_message_bytes", "max_stop_strings", "max_stop_length", "max_concurrent_requests", "max_queue", "max_mcmc_steps", "max_alpha", "max_particles", "max_sweeps")
+    __slots__ = ("max_samples_per_request", "max_prompt_chars", "max_message_bytes", "max_stop_strings", "max_stop_length", "max_concurrent_requests", "max_queue", "max_mcmc_steps", "max_alpha", "max_new_tokens", "max_token_budget", "max_planned_tokens", "stream_idle_timeout_s", "stream_max_age_s", "max_particles", "max_sweeps")
     MAX_SAMPLES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,11 @@ class ServerLimits(_message.Message):
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_MCMC_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_PLANNED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STREAM_MAX_AGE_S_FIELD_NUMBER: _ClassVar[int]
     MAX_PARTICLES_FIELD_NUMBER: _ClassVar[int]
     MAX_SWEEPS_FIELD_NUMBER: _ClassVar[int]
     max_samples_per_request: int
@@ -347,12 +352,24 @@ class ServerLimits(_message.Message):
     max_queue: int
     max_mcmc_steps: int
     max_alpha: float
+    max_new_tokens: int
+    max_token_budget: int
+    max_planned_tokens: int
+    stream_idle_timeout_s: float
+    stream_max_age_s: float
     max_particles: int
     max_sweeps: int
-    def __init__(self, max_samples_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_length: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_mcmc_steps: _Optional[int] = ..., max_alpha: _Optional[float] = ..., max_particles: _Optional[int] = ..., max_sweeps: _Optional[int] = ...) -> None: ...
+    def __init__(self, max_samples_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_length: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_mcmc_steps: _Optional[int] = ..., max_alpha: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., max_token_budget: _Optional[int] = ..., max_planned_tokens: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., stream_max_age_s: _Optional[float] = ..., max_particles: _Optional[int] = ..., max_sweeps: _Optional[int] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
-    __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled")
+    __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled", "engine_settings")
+    class EngineSettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +380,7 @@ class ServiceDescription(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CACHE_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     model: str
     engine: str
     fingerprint: str
@@ -373,4 +391,5 @@ class ServiceDescription(_message.Message):
     limits: ServerLimits
     version: str
     cache_enabled: bool
-    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ...) -> None: ...
+    engine_settings: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ..., engine_settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
