@@ -17,7 +17,20 @@ from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.factory import EngineName
 from powersampling.errors import InvalidArgument
 from powersampling.models import DEFAULT_MODEL
-from powersampling.params import MAX_BUDGET_LIMIT, MAX_TOKENS_LIMIT, Method, SamplingParams
+from powersampling.params import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PARTICLES,
+    DEFAULT_RAMP_TOKENS,
+    DEFAULT_RESAMPLE_THRESHOLD,
+    DEFAULT_SWEEPS,
+    MAX_BUDGET_LIMIT,
+    MAX_PARTICLES,
+    MAX_SWEEPS,
+    MAX_TOKENS_LIMIT,
+    SMC_FIELDS,
+    Method,
+    SamplingParams,
+)
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
 MIB = 1 << 20
@@ -183,6 +196,22 @@ class ServerConfig(BaseSettings):
     )
     default_mcmc_steps: int = Field(_PAPER.mcmc_steps, ge=0, description="MCMC steps per block")
     default_token_budget: int | None = Field(None, ge=1, description="token budget per chain; unset: none")
+    # What an smc request's unset SMC fields take (method smc only).
+    default_particles: int = Field(
+        DEFAULT_PARTICLES, ge=1, le=MAX_PARTICLES, description="particles per SMC sweep"
+    )
+    default_sweeps: int = Field(
+        DEFAULT_SWEEPS, ge=1, le=MAX_SWEEPS, description="SMC sweeps per chain (1: plain SMC; more: PIMH)"
+    )
+    default_resample_threshold: float = Field(
+        DEFAULT_RESAMPLE_THRESHOLD, gt=0, le=1, description="SMC resamples when ESS < this x particles"
+    )
+    default_chunk_size: int = Field(
+        DEFAULT_CHUNK_SIZE, ge=1, le=MAX_TOKENS_LIMIT, description="SMC tokens between ESS checks"
+    )
+    default_ramp_tokens: int = Field(
+        DEFAULT_RAMP_TOKENS, ge=0, le=MAX_TOKENS_LIMIT, description="SMC alpha-ramp length (0: none)"
+    )
 
     @field_validator("tls_key_file")
     @classmethod
@@ -310,7 +339,12 @@ class ServerConfig(BaseSettings):
             max_new_tokens=self.default_max_new_tokens,
             mcmc_steps=self.default_mcmc_steps,
             token_budget=self.default_token_budget,
+            **(self.smc_defaults() if self.default_method is Method.SMC else {}),
         )
+
+    def smc_defaults(self) -> dict[str, Any]:
+        """The SMC fields an smc request takes when it leaves them unset."""
+        return {name: getattr(self, f"default_{name}") for name in SMC_FIELDS}
 
 
 def _read_secret(path: Path) -> str:

@@ -53,15 +53,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
-from powersampling.api import ReasonResult
 from powersampling.cache.base import CacheKey
-from powersampling.events import ChainState
+from powersampling.events import ChainState, Checkpoint, SmcParticle, SmcState
+from powersampling.results import ReasonResult, SmcStats
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "powersampling:v2"  # bump the "v2" together with VALUE_VERSION on incompatible changes
 VALUE_VERSION = 2
 CHECKPOINT_TYPE = "chain"
+SMC_CHECKPOINT_TYPE = "smc"  # a Power-SMC chain's particle set and answer so far
 COMPLETED_TYPE = "done"
 
 DEFAULT_TTL_S = 24 * 3600.0
@@ -78,6 +79,7 @@ _MAX_STR = 1 << 16  # model, engine and method names; the answer's text is bound
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _FINISH_REASONS_OPEN = (None, "eos", "stop")
 _FINISH_REASONS_DONE = ("eos", "stop", "length")
+_FINISH_REASONS_PARTICLE = (None, "eos", "stop", "length")
 
 RedisClient = Redis | RedisCluster
 T = TypeVar("T")
@@ -197,9 +199,11 @@ def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def encode_checkpoint(digest: str, state: ChainState, *, key: bytes | None = None) -> bytes:
+def encode_checkpoint(digest: str, state: Checkpoint, *, key: bytes | None = None) -> bytes:
     """The value stored for a chain's checkpoint, sealed with `key` (a `mac_key`; None: this
     process's); ValueError if `state` cannot be stored faithfully."""
+    if isinstance(state, SmcState):
+        return _encode_smc_checkpoint(digest, state, key)
     if not len(state.token_ids) == len(state.logp) == len(state.logq):
         raise ValueError("token_ids, logp and logq differ in length")
     float_dtype, (logp, logq) = _pack_floats(state.logp, state.logq)
@@ -231,6 +235,7 @@ def encode_completed(digest: str, results: Sequence[ReasonResult], *, key: bytes
     for r in results:
         entry: dict[str, Any] = {name: getattr(r, name) for name in _RESULT_FIELDS}
         entry["token_ids"] = _pack_ids(r.token_ids)
+        entry["smc"] = None if r.smc is None else {name: getattr(r.smc, name) for name in _SMC_STATS_FIELDS}
         for name, check in _RESULT_FIELDS.items():  # refuse to store what a reader would reject
             check(entry[name], name)
         entries.append(entry)
@@ -303,6 +308,30 @@ def _floats(value: object, name: str, dtype: str) -> tuple[float, ...]:
     return tuple(array.tolist())
 
 
+_SMC_STATS_FIELDS: dict[str, Callable[[object, str], Any]] = {
+    "particles": _int,
+    "sweeps": _int,
+    "accepted_sweeps": _int,
+    "resamples": _int,
+    "ess_min": _rate,
+    "unique_ancestors": _int,
+    "log_z_hat": _float,
+}
+assert set(_SMC_STATS_FIELDS) == {f.name for f in fields(SmcStats)}, "SmcStats changed: update"
+
+
+def _smc_stats(value: object, name: str) -> SmcStats | None:
+    """A result's SMC statistics (a map of SmcStats' fields) or None for the other methods."""
+    if value is None or isinstance(value, SmcStats):
+        return value  # None, or the value being checked before it is stored
+    if not isinstance(value, dict):
+        raise InvalidValue(f"{name}: expected a map or nil")
+    try:
+        return SmcStats(**{k: check(value[k], f"{name}.{k}") for k, check in _SMC_STATS_FIELDS.items()})
+    except KeyError as exc:
+        raise InvalidValue(f"{name}: missing field {exc}") from None
+
+
 # Every field of ReasonResult and its check; `token_ids` is packed like a checkpoint's.
 _RESULT_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "text": _text,
@@ -327,14 +356,17 @@ _RESULT_FIELDS: dict[str, Callable[[object, str], Any]] = {
     "chain_index": lambda v, name: _int(v, name, high=_MAX_CHAIN_INDEX),
     "prompt_tokens": _int,
     "resumed_from_block": _int,
+    "smc": _smc_stats,
 }
 assert set(_RESULT_FIELDS) == {f.name for f in fields(ReasonResult)}, "ReasonResult changed: update"
 
 
 def decode_checkpoint(
     digest: str, data: bytes, chain_index: int | None = None, *, key: bytes | None = None
-) -> ChainState:
+) -> Checkpoint:
     """A checkpoint read back, validated; InvalidValue if it is not one (for `chain_index`, if given)."""
+    if _value_type(data) == SMC_CHECKPOINT_TYPE:
+        return _decode_smc_checkpoint(digest, data, chain_index, key)
     value = _open(data, CHECKPOINT_TYPE, digest, key)
     try:
         index = _int(value["chain_index"], "chain_index", high=_MAX_CHAIN_INDEX)
@@ -368,6 +400,147 @@ def decode_checkpoint(
         raise InvalidValue(f"missing field {exc}") from None
 
 
+def _value_type(data: bytes) -> object:
+    """The type tag of a sealed value (None if it is not one; `_open` then says why)."""
+    try:
+        return _unpack_map(data, "value").get("type")
+    except InvalidValue:
+        return None
+
+
+def _encode_smc_checkpoint(digest: str, state: SmcState, key: bytes | None) -> bytes:
+    """A Power-SMC checkpoint. Resampled particles are often exact copies of each other, so each
+    distinct particle is stored once and every particle names its entry, weight and ancestor."""
+    distinct: dict[tuple[tuple[int, ...], tuple[float, ...], str | None], int] = {}
+    entry_of = []
+    for p in state.particles:
+        if len(p.token_ids) != len(p.logp):
+            raise ValueError("a particle's token_ids and logp differ in length")
+        entry_of.append(distinct.setdefault((p.token_ids, p.logp, p.finish_reason), len(distinct)))
+    if len(state.answer_token_ids) != len(state.answer_logp):
+        raise ValueError("the answer's token_ids and logp differ in length")
+    float_dtype, (answer_logp, *logps) = _pack_floats(state.answer_logp, *(k[1] for k in distinct))
+    weights = np.asarray([p.log_weight for p in state.particles], dtype=np.float64)
+    if not np.isfinite(weights).all():
+        raise ValueError("log-weights must be finite")
+    return _seal(
+        digest,
+        SMC_CHECKPOINT_TYPE,
+        {
+            **{name: getattr(state, name) for name in _SMC_STATE_FIELDS},
+            "float_dtype": float_dtype,
+            "answer_token_ids": _pack_ids(state.answer_token_ids),
+            "answer_logp": answer_logp,
+            "answer_finish_reason": state.answer_finish_reason,
+            "answer_log_z": state.answer_log_z,
+            "distinct": [
+                {"token_ids": _pack_ids(ids), "logp": lp, "finish_reason": reason}
+                for (ids, _, reason), lp in zip(distinct, logps, strict=True)
+            ],
+            "entry": _pack_ids(entry_of),
+            "log_weight": weights.astype("<f8").tobytes(),
+            "ancestor": _pack_ids([p.ancestor for p in state.particles]),
+        },
+        key,
+    )
+
+
+def _ess(value: object, name: str) -> float:
+    ess = _rate(value, name)
+    if ess <= 0.0:
+        raise InvalidValue(f"{name}: expected a fraction in (0, 1], got {ess}")
+    return ess
+
+
+# The scalar fields of SmcState and their checks (particles and the answer are packed apart).
+_SMC_STATE_FIELDS: dict[str, Callable[[object, str], Any]] = {
+    "chain_index": lambda v, name: _int(v, name, high=_MAX_CHAIN_INDEX),
+    "seed": _int,
+    "num_particles": lambda v, name: _int(v, name, low=1, high=1 << 20),
+    "sweep_index": _int,
+    "chunks_done": _int,
+    "sweep_log_z": _float,
+    "sweep_resamples": _int,
+    "sweep_ess_min": _ess,
+    "tokens_spent": _int,
+    "sweeps_done": _int,
+    "accepted_sweeps": _int,
+    "changed_sweeps": _int,
+    "skipped_sweeps": _int,
+    "resamples": _int,
+    "ess_min": _ess,
+    "unique_ancestors": _int,
+    "ended": lambda v, name: _bool(v, name),
+}
+assert set(_SMC_STATE_FIELDS) | {
+    "particles", "answer_token_ids", "answer_logp", "answer_finish_reason", "answer_log_z",
+} == {f.name for f in fields(SmcState)}, "SmcState changed: update"  # fmt: skip
+
+
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"{name}: expected a boolean, got {value!r:.40}")
+    return value
+
+
+def _decode_smc_checkpoint(digest: str, data: bytes, chain_index: int | None, key: bytes | None) -> SmcState:
+    value = _open(data, SMC_CHECKPOINT_TYPE, digest, key)
+    try:
+        scalars = {name: check(value[name], name) for name, check in _SMC_STATE_FIELDS.items()}
+        if chain_index is not None and scalars["chain_index"] != chain_index:
+            raise InvalidValue(f"chain_index {scalars['chain_index']} stored under chain {chain_index}")
+        if not scalars["changed_sweeps"] <= scalars["accepted_sweeps"] <= scalars["sweeps_done"]:
+            raise InvalidValue("sweep counters are inconsistent")
+        float_dtype = _choice("<f4", "<f8")(value["float_dtype"], "float_dtype")
+        answer_ids = _ids(value["answer_token_ids"], "answer_token_ids")
+        answer_logp = _floats(value["answer_logp"], "answer_logp", float_dtype)
+        if len(answer_ids) != len(answer_logp):
+            raise InvalidValue("the answer's token_ids and logp differ in length")
+        answer_log_z = value["answer_log_z"]
+        if answer_log_z is not None:
+            answer_log_z = _float(answer_log_z, "answer_log_z")
+        distinct_raw = value["distinct"]
+        if not isinstance(distinct_raw, list):
+            raise InvalidValue("distinct: expected a list")
+        distinct = []
+        for k, d in enumerate(distinct_raw):
+            if not isinstance(d, dict):
+                raise InvalidValue(f"distinct[{k}]: not a map")
+            ids = _ids(d["token_ids"], f"distinct[{k}].token_ids")
+            logp = _floats(d["logp"], f"distinct[{k}].logp", float_dtype)
+            if len(ids) != len(logp):
+                raise InvalidValue(f"distinct[{k}]: token_ids and logp differ in length")
+            reason = _choice(*_FINISH_REASONS_PARTICLE)(d["finish_reason"], f"distinct[{k}].finish_reason")
+            distinct.append((tuple(ids), logp, reason))
+        entries = _ids(value["entry"], "entry")
+        ancestors = _ids(value["ancestor"], "ancestor")
+        weights = _floats(value["log_weight"], "log_weight", "<f8")
+        if not len(entries) == len(ancestors) == len(weights):
+            raise InvalidValue("particle arrays differ in length")
+        if entries and max(entries) >= len(distinct):
+            raise InvalidValue("a particle names a missing entry")
+        if ancestors and max(ancestors) >= scalars["num_particles"]:
+            raise InvalidValue("a particle's ancestor is out of range")
+        particles = tuple(
+            SmcParticle(distinct[e][0], distinct[e][1], w, distinct[e][2], a)
+            for e, a, w in zip(entries, ancestors, weights, strict=True)
+        )
+        return SmcState(
+            **scalars,
+            particles=particles,
+            answer_token_ids=tuple(answer_ids),
+            answer_logp=answer_logp,
+            answer_finish_reason=_choice(*_FINISH_REASONS_PARTICLE)(
+                value["answer_finish_reason"], "answer_finish_reason"
+            ),
+            answer_log_z=answer_log_z,
+        )
+    except KeyError as exc:
+        raise InvalidValue(f"missing field {exc}") from None
+    except TypeError as exc:  # a map where a scalar belongs, say
+        raise InvalidValue(f"malformed checkpoint ({exc})") from None
+
+
 def decode_completed(digest: str, data: bytes, *, key: bytes | None = None) -> list[ReasonResult]:
     """A completed answer read back, validated; InvalidValue if it is not one."""
     value = _open(data, COMPLETED_TYPE, digest, key)
@@ -379,6 +552,7 @@ def decode_completed(digest: str, data: bytes, *, key: bytes | None = None) -> l
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 raise InvalidValue(f"results[{i}]: not a map")
+            entry.setdefault("smc", None)  # written before SMC existed: not an SMC result
             checked = {name: check(entry[name], name) for name, check in _RESULT_FIELDS.items()}
             checked["token_ids"] = _ids(checked["token_ids"], "token_ids")
             if checked["chain_index"] != i:
@@ -792,12 +966,12 @@ class RedisChainCache:
 
         await self._call("write a completed answer", write)
 
-    async def get_checkpoints(self, key: CacheKey) -> dict[int, ChainState]:
+    async def get_checkpoints(self, key: CacheKey) -> dict[int, Checkpoint]:
         keys = self._keys(key)
         if keys is None:
             return {}
         raw = await self._read_checkpoints(keys.chains)
-        states: dict[int, ChainState] = {}
+        states: dict[int, Checkpoint] = {}
         for index, (name, data) in raw.items():
             try:
                 states[index] = decode_checkpoint(key.digest, data, index, key=self._mac_key)
@@ -854,7 +1028,7 @@ class RedisChainCache:
             if data is not None and len(data) <= self.settings.max_value_bytes
         }
 
-    async def put_checkpoint(self, key: CacheKey, state: ChainState) -> None:
+    async def put_checkpoint(self, key: CacheKey, state: Checkpoint) -> None:
         keys = self._keys(key)
         if keys is None or not 0 <= state.chain_index <= _MAX_CHAIN_INDEX or not self.breaker.ready():
             return

@@ -36,14 +36,21 @@ from powersampling.cache.cached_reason import reason_cached
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
-from powersampling.events import BlockFinished, SamplerEvent
+from powersampling.events import BlockFinished, SamplerEvent, SmcChunkFinished, SmcSweepFinished
 from powersampling.sampler import BudgetPlan
 from powersampling.sampler.stops import StopMatcher
 from powersampling.server.admission import AdmissionControl
 from powersampling.server.auth import Authenticator
 from powersampling.server.errors import ResponseTooLarge, ServiceUnavailable, abort_with_status, status_for
 from powersampling.server.limits import WorkLimits
-from powersampling.server.messages import final_event, progress_event, service_description, started_event
+from powersampling.server.messages import (
+    final_event,
+    num_blocks,
+    progress_event,
+    service_description,
+    smc_progress_event,
+    started_event,
+)
 from powersampling.server.validation import (
     MalformedRequest,
     RequestLimits,
@@ -58,6 +65,9 @@ access_logger = logging.getLogger("powersampling.access")
 # Progress events waiting for a slow reader beyond this many are coalesced per chain (each chain's
 # latest text replaces its older unsent one), so a slow client costs bounded memory.
 MAX_PENDING_EVENTS = 64
+# Sampler events that become Progress messages (MH blocks; SMC chunks and sweeps).
+_PROGRESS_EVENTS = (BlockFinished, SmcChunkFinished, SmcSweepFinished)
+_ProgressEvent = BlockFinished | SmcChunkFinished | SmcSweepFinished
 
 
 class ReasoningServicer:
@@ -122,7 +132,11 @@ class ReasoningServicer:
             engine, limits = self._ready_engine()
             identity = self.authenticator.identify(context.invocation_metadata())
             valid = validate_reason_request(
-                request, self.defaults, limits, bound_tenant=identity.tenant if identity else None
+                request,
+                self.defaults,
+                limits,
+                bound_tenant=identity.tenant if identity else None,
+                smc_defaults=self.config.smc_defaults(),
             )
             access.tenant, access.method = valid.tenant, valid.params.method.value
             async with self.admission.slot():
@@ -287,7 +301,8 @@ class _ReasonRun:
         self.prompt_ids = prompt_ids
         self.request_id = request_id
         self.received = received
-        self.num_blocks = BudgetPlan.from_params(self.params).num_blocks
+        self.num_blocks = num_blocks(self.params, BudgetPlan.from_params(self.params).num_blocks)
+        self.shown_text: dict[int, str] = {}  # SMC: the text last sent for each chain
         self.stops = StopMatcher(self.params.stop, engine.detokenize) if self.params.stop else None
         self.buffer = _EventBuffer(MAX_PENDING_EVENTS)
         self.cache_status: CacheStatus | None = None
@@ -323,7 +338,7 @@ class _ReasonRun:
 
     def _on_event(self, event: SamplerEvent) -> None:
         _observe(self.observer.on_event, event)
-        if isinstance(event, BlockFinished):
+        if isinstance(event, _PROGRESS_EVENTS):
             self._chain_tokens[event.chain_index] = event.state.tokens_spent
             self.buffer.put(event)
 
@@ -332,11 +347,19 @@ class _ReasonRun:
         """Proposal tokens the chains have spent so far (an answer from the cache spends none)."""
         return sum(self._chain_tokens.values())
 
-    def _progress(self, event: BlockFinished) -> pb.ReasonEvent:
+    def _progress(self, event: _ProgressEvent) -> pb.ReasonEvent:
         # Detokenizing one chain's text is cheap next to the block of model work that produced it.
-        text = self.engine.detokenize(event.state.token_ids)
-        if self.stops is not None:
-            text = self.stops.trim_text(text)
+        if isinstance(event, SmcChunkFinished):
+            text = self._text(event.leader_token_ids)
+        else:
+            text = self._text(event.state.token_ids)  # SmcSweepFinished: the chain's kept answer
+        if not isinstance(event, BlockFinished):
+            # Another particle may lead now: revised when the text no longer extends what was shown.
+            shown = self.shown_text.get(event.chain_index, "")
+            self.shown_text[event.chain_index] = text
+            return smc_progress_event(
+                event, params=self.params, text=text, revised=not text.startswith(shown)
+            )
         return progress_event(
             block_index=event.block_index,
             num_blocks=event.num_blocks,
@@ -345,6 +368,10 @@ class _ReasonRun:
             revised=event.revised,
             token_budget=self.params.token_budget,
         )
+
+    def _text(self, token_ids: tuple[int, ...]) -> str:
+        text = self.engine.detokenize(token_ids)
+        return self.stops.trim_text(text) if self.stops is not None else text
 
     async def stream(self) -> AsyncGenerator[pb.ReasonEvent, None]:
         task = asyncio.get_running_loop().create_task(
@@ -391,15 +418,16 @@ class _ReasonRun:
 class _EventBuffer:
     """Hands the sampler's callbacks' output to the streaming coroutine, in order.
 
-    Holds Started messages and BlockFinished events. Once `max_pending` items wait unsent (the
-    client reads slower than the sampler runs), the buffer coalesces until it has drained: a new
-    BlockFinished replaces every unsent one of the same chain (marked revised if any was; its text
-    supersedes theirs). So a slow or stuck client costs at most `max_pending` events, and after that
-    one per chain, however long it does not read.
+    Holds Started messages and progress events (MH blocks, SMC chunks and sweeps). Once
+    `max_pending` items wait unsent (the client reads slower than the sampler runs), the buffer
+    coalesces until it has drained: a new progress event replaces every unsent one of the same chain
+    (an MH block is marked revised if any was; SMC's revised is judged against the text actually
+    sent; its text supersedes theirs). So a slow or stuck client costs at most `max_pending` events,
+    and after that one per chain, however long it does not read.
     """
 
     def __init__(self, max_pending: int) -> None:
-        self._items: deque[pb.ReasonEvent | BlockFinished] = deque()
+        self._items: deque[pb.ReasonEvent | _ProgressEvent] = deque()
         self._max_pending = max_pending
         self._coalescing = False
         self._wakeup = asyncio.Event()
@@ -408,19 +436,19 @@ class _EventBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: pb.ReasonEvent | BlockFinished) -> None:
+    def put(self, item: pb.ReasonEvent | _ProgressEvent) -> None:
         if len(self._items) >= self._max_pending:
             self._coalescing = True
-        if isinstance(item, BlockFinished) and self._coalescing:
-            revised = item.revised
-            kept: deque[pb.ReasonEvent | BlockFinished] = deque()
+        if isinstance(item, _PROGRESS_EVENTS) and self._coalescing:
+            revised = isinstance(item, BlockFinished) and item.revised
+            kept: deque[pb.ReasonEvent | _ProgressEvent] = deque()
             for old in self._items:
-                if isinstance(old, BlockFinished) and old.chain_index == item.chain_index:
-                    revised = revised or old.revised
+                if isinstance(old, _PROGRESS_EVENTS) and old.chain_index == item.chain_index:
+                    revised = revised or (isinstance(old, BlockFinished) and old.revised)
                 else:
                     kept.append(old)
             self._items = kept
-            if revised != item.revised:
+            if isinstance(item, BlockFinished) and revised != item.revised:
                 item = dataclasses.replace(item, revised=revised)
         self._items.append(item)
         self._wakeup.set()
@@ -429,7 +457,7 @@ class _EventBuffer:
         self._closed = True
         self._wakeup.set()
 
-    async def __aiter__(self) -> AsyncIterator[pb.ReasonEvent | BlockFinished]:
+    async def __aiter__(self) -> AsyncIterator[pb.ReasonEvent | _ProgressEvent]:
         while True:
             while self._items:
                 yield self._items.popleft()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
@@ -25,7 +27,7 @@ from powersampling.cache.base import CachePolicy
 from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.base import ChatMessage, Prompt
 from powersampling.errors import InvalidArgument
-from powersampling.params import Method, SamplingParams
+from powersampling.params import SMC_FIELDS, Method, SamplingParams
 from powersampling.server.errors import PermissionDenied
 from powersampling.server.limits import WorkLimits, check_work
 
@@ -34,6 +36,7 @@ METHODS: dict[int, Method] = {
     pb.METHOD_SAMPLE: Method.SAMPLE,
     pb.METHOD_LOW_TEMP: Method.LOW_TEMP,
     pb.METHOD_GREEDY: Method.GREEDY,
+    pb.METHOD_SMC: Method.SMC,
 }
 CACHE_POLICIES: dict[int, CachePolicy] = {
     pb.CACHE_POLICY_UNSPECIFIED: CachePolicy.USE,
@@ -51,7 +54,10 @@ _OPTIONAL_PARAMS = (
     "token_budget",
     "seed",
     "n",
+    *SMC_FIELDS,
 )
+# Power sampling's knobs that method smc does not use: setting one with it is a mistake worth naming.
+_NOT_FOR_SMC = ("block_size", "mcmc_steps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +117,13 @@ def validate_reason_request(
     limits: RequestLimits,
     *,
     bound_tenant: str | None = None,
+    smc_defaults: Mapping[str, Any] | None = None,
 ) -> ValidRequest:
     """Check `request` against the server's defaults and limits; raise InvalidArgument naming the field.
 
     `bound_tenant` is the tenant that the caller's credentials carry, if any: it overrides the
-    request's (which may only be empty or equal to it).
+    request's (which may only be empty or equal to it). `smc_defaults` are what an smc request's
+    unset SMC fields take (default: `defaults`' own when its method is smc, else the method's).
     """
     if isinstance(request, MalformedRequest):
         raise InvalidArgument(request.field, request.message)
@@ -125,7 +133,15 @@ def validate_reason_request(
     if cache_policy is None:
         raise InvalidArgument("cache_policy", f"unknown value {request.cache_policy}")
     options = {name: getattr(request, name) for name in _OPTIONAL_PARAMS if request.HasField(name)}
+    options = {**_smc_options(method, defaults, smc_defaults), **options}
     params = dataclasses.replace(defaults, method=method, stop=tuple(request.stop), **options)
+    if method is Method.SMC:
+        for name in _NOT_FOR_SMC:
+            if request.HasField(name):
+                raise InvalidArgument(
+                    name,
+                    "is not used by method smc; leave it unset (smc takes particles, sweeps, chunk_size)",
+                )
     if params.n > limits.max_samples_per_request:
         raise InvalidArgument(
             "n", f"at most {limits.max_samples_per_request} samples per request, got {params.n}"
@@ -187,6 +203,20 @@ def _method(value: int, defaults: SamplingParams) -> Method:
         known = ", ".join(pb.Method.Name(v) for v in METHODS)
         raise InvalidArgument("method", f"unknown value {value}; use one of {known}")
     return method
+
+
+def _smc_options(
+    method: Method, defaults: SamplingParams, smc_defaults: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The SMC fields before the request's own: the values in force for smc (so the resolved
+    parameters say what ran), unset for every other method (where setting one is refused)."""
+    if method is not Method.SMC:
+        return dict.fromkeys(SMC_FIELDS)
+    if smc_defaults is None:  # None leaves a field to the method's own default
+        smc_defaults = (
+            {name: getattr(defaults, name) for name in SMC_FIELDS} if defaults.method is Method.SMC else {}
+        )
+    return {name: smc_defaults.get(name) for name in SMC_FIELDS}
 
 
 def _tenant(requested: str, bound: str | None) -> str:
