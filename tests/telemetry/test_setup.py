@@ -8,8 +8,10 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from powersampling.server.instrumentation import grpc_interceptors
 from powersampling.telemetry import otel
 from powersampling.telemetry.base import NoTelemetry
+from powersampling.telemetry.exporters import exporters_from_env
 from powersampling.telemetry.otel import JsonLinesSpanExporter, OtelTelemetry, setup_telemetry
 
 from tests.telemetry.helpers import OtlpReceiver, attributes, drive, small_params
@@ -46,26 +48,26 @@ def test_sdk_disabled_wins_over_explicit_exporters(monkeypatch: pytest.MonkeyPat
 async def test_no_telemetry_builds_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     telemetry = setup_telemetry()
     assert isinstance(telemetry, NoTelemetry)
-    assert telemetry.server_interceptors() == ()
+    assert grpc_interceptors(telemetry) == ()
     results = await drive(telemetry, small_params())
     assert results and results[0].mcmc_steps > 0
 
 
 def test_exporter_selection(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-    assert [type(e) for e in otel._span_exporters_from_env()] == [GrpcSpanExporter]
+    assert [type(e) for e in exporters_from_env("traces")] == [GrpcSpanExporter]
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    assert [type(e) for e in otel._span_exporters_from_env()] == [HttpSpanExporter]
-    assert [type(e) for e in otel._metric_exporters_from_env()] == [HttpMetricExporter]
+    assert [type(e) for e in exporters_from_env("traces")] == [HttpSpanExporter]
+    assert [type(e) for e in exporters_from_env("metrics")] == [HttpMetricExporter]
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")  # per-signal override
-    assert [type(e) for e in otel._span_exporters_from_env()] == [GrpcSpanExporter]
+    assert [type(e) for e in exporters_from_env("traces")] == [GrpcSpanExporter]
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console,otlp_proto_http")
     monkeypatch.setenv(otel.TRACES_FILE_ENV, str(tmp_path) + "/sub/spans.jsonl")
-    exporters = otel._span_exporters_from_env()
+    exporters = exporters_from_env("traces")
     assert [type(e) for e in exporters] == [ConsoleSpanExporter, HttpSpanExporter, JsonLinesSpanExporter]
     exporters[-1].shutdown()
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-    assert otel._metric_exporters_from_env() == []
+    assert exporters_from_env("metrics") == []
 
 
 def test_traces_file_alone_enables_tracing(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:

@@ -31,6 +31,7 @@ from powersampling.engines.base import Engine
 from powersampling.engines.factory import load_engine
 from powersampling.errors import InvalidArgument
 from powersampling.server.auth import Authenticator, BearerTokenInterceptor
+from powersampling.server.instrumentation import grpc_interceptors
 from powersampling.server.limits import WorkLimits, check_work
 from powersampling.server.servicer import ReasoningServicer
 from powersampling.server.validation import decode_describe_request, decode_reason_request
@@ -141,7 +142,7 @@ async def serve(
         raise InvalidArgument("auth_tokens", str(exc)) from None
     servicer = ReasoningServicer(config, cache=cache, telemetry=telemetry, authenticator=authenticator)
 
-    interceptors = list(telemetry.server_interceptors())
+    interceptors = list(grpc_interceptors(telemetry))
     if authenticator.enabled:
         interceptors.append(BearerTokenInterceptor(authenticator))
     server = grpc.aio.server(

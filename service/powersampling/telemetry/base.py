@@ -1,5 +1,6 @@
 """The telemetry contract the server relies on. `NoTelemetry` costs nothing when telemetry is off;
-the OpenTelemetry implementation lives in `powersampling.telemetry.otel`."""
+the OpenTelemetry implementation lives in `powersampling.telemetry.otel`. The contract knows no transport:
+a gRPC server asks for interceptors separately (`powersampling.server.instrumentation`)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,6 @@ class Telemetry(Protocol):
 
     def record_rejection(self, reason: str) -> None: ...
 
-    def server_interceptors(self) -> Sequence[Any]: ...
-
     def shutdown(self) -> None: ...
 
 
@@ -72,9 +71,6 @@ class NoTelemetry:
 
     def record_rejection(self, reason: str) -> None:
         pass
-
-    def server_interceptors(self) -> Sequence[Any]:
-        return ()
 
     def shutdown(self) -> None:
         pass
