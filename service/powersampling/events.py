@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from powersampling.results import StepRates, rate
+
 
 @dataclass(frozen=True, slots=True)
-class ChainState:
+class ChainState(StepRates):
     """Everything a chain needs to continue deterministically after block `blocks_done`.
 
     Stored logp/logq of kept tokens stay valid (they depend only on their prefix), so a resumed
@@ -84,6 +86,21 @@ class SmcState:
     @property
     def finish_reason(self) -> str | None:
         return self.answer_finish_reason
+
+    @property
+    def pimh_steps(self) -> int:
+        """Particle independent MH steps so far: every sweep after the first."""
+        return max(0, self.sweeps_done - 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / proposed PIMH steps (0 when none)."""
+        return rate(self.accepted_sweeps, self.pimh_steps)
+
+    @property
+    def change_rate(self) -> float:
+        """PIMH steps that changed the answer / proposed steps (0 when none)."""
+        return rate(self.changed_sweeps, self.pimh_steps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,54 @@
-"""What a request returns: plain values, shared by the API, the cache, the server and telemetry."""
+"""What a request returns: plain values, shared by the API, the cache, the server and telemetry.
+
+Besides the answers: how the cache served a request (`CacheStatus`) and how a request asked it to be
+used (`CachePolicy`), and the step rates (`StepRates`) every layer reports.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass
 from typing import Any
+
+
+class CachePolicy(enum.StrEnum):
+    USE = "use"  # read what is there (answer or checkpoints), write what is new
+    BYPASS = "bypass"  # neither read nor write
+    REFRESH = "refresh"  # do not read, overwrite with the new run
+
+
+class CacheStatus(enum.StrEnum):
+    HIT = "hit"  # answered from a completed entry, no engine work
+    RESUMED = "resumed"  # continued from stored checkpoints (per block, or per SMC chunk)
+    MISS = "miss"  # nothing usable stored; ran from the start
+    BYPASS = "bypass"  # the request asked not to use the cache
+    DISABLED = "disabled"  # no cache configured, or it is unreachable right now
+    UNCACHEABLE = "uncacheable"  # an unseeded request: its answer is a fresh random draw
+
+
+def rate(count: int, steps: int) -> float:
+    """`count` per step: 0.0 when no step was taken."""
+    return count / steps if steps else 0.0
+
+
+class StepRates:
+    """Acceptance and change rates of a value that counts `mcmc_steps`, `accepted_steps` and
+    `changed_steps` (a mix-in for frozen dataclasses: it adds no fields)."""
+
+    __slots__ = ()
+    mcmc_steps: int
+    accepted_steps: int
+    changed_steps: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / proposed MCMC steps (0 when none)."""
+        return rate(self.accepted_steps, self.mcmc_steps)
+
+    @property
+    def change_rate(self) -> float:
+        """Steps that changed the sequence / proposed steps (0 when none)."""
+        return rate(self.changed_steps, self.mcmc_steps)
 
 
 @dataclass(frozen=True, slots=True)

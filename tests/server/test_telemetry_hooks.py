@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
-from powersampling.cache.base import CacheStatus
 from powersampling.events import BlockFinished, ChainStarted, McmcStepTaken
+from powersampling.results import CacheStatus
 
 from tests.server.support import (
     RecordingTelemetry,

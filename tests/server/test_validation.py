@@ -8,9 +8,9 @@ import grpc
 import pytest
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
-from powersampling.cache.base import CachePolicy
 from powersampling.errors import InvalidArgument
 from powersampling.params import Method, SamplingParams
+from powersampling.results import CachePolicy
 from powersampling.server.errors import PermissionDenied
 from powersampling.server.validation import (
     MalformedRequest,

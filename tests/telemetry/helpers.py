@@ -14,10 +14,10 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from powersampling.api import ReasonResult, make_params, reason_async
-from powersampling.cache.base import CacheStatus
 from powersampling.engines.base import Engine
 from powersampling.engines.toy import demo_engine
 from powersampling.params import SamplingParams
+from powersampling.results import CacheStatus
 from powersampling.telemetry.base import Telemetry
 
 PROMPT = "what is 2+2?"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from powersampling.cache.base import CacheStatus
+from powersampling.results import CacheStatus
 from powersampling.telemetry.otel import OtelTelemetry, setup_telemetry
 
 from tests.telemetry.helpers import drive, small_params

@@ -7,9 +7,9 @@ import math
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from powersampling.cache.base import CacheStatus
 from powersampling.engines.toy import ToyEngine, demo_engine
 from powersampling.errors import EngineError
+from powersampling.results import CacheStatus
 from powersampling.telemetry.otel import OtelTelemetry, setup_telemetry
 
 from tests.telemetry.helpers import by_name, drive, small_params

@@ -7,28 +7,12 @@ when no cache is configured (or for a bypassing request).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from powersampling.events import Checkpoint
-from powersampling.results import ReasonResult
-
-
-class CachePolicy(enum.StrEnum):
-    USE = "use"  # read what is there (answer or checkpoints), write what is new
-    BYPASS = "bypass"  # neither read nor write
-    REFRESH = "refresh"  # do not read, overwrite with the new run
-
-
-class CacheStatus(enum.StrEnum):
-    HIT = "hit"  # answered from a completed entry, no engine work
-    RESUMED = "resumed"  # continued from stored checkpoints (per block, or per SMC chunk)
-    MISS = "miss"  # nothing usable stored; ran from the start
-    BYPASS = "bypass"  # the request asked not to use the cache
-    DISABLED = "disabled"  # no cache configured, or it is unreachable right now
-    UNCACHEABLE = "uncacheable"  # an unseeded request: its answer is a fresh random draw
+from powersampling.results import CachePolicy, CacheStatus, ReasonResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +50,6 @@ class NullCache:
 
     async def close(self) -> None:
         return None
+
+
+__all__ = ["CacheKey", "CachePolicy", "CacheStatus", "ChainCache", "NullCache"]

@@ -27,11 +27,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from powersampling.api import ReasonResult, reason_async
-from powersampling.cache.base import CacheKey, CachePolicy, CacheStatus, ChainCache, NullCache
+from powersampling.cache.base import CacheKey, ChainCache, NullCache
 from powersampling.cache.keys import request_key
 from powersampling.engines.base import Engine
 from powersampling.events import Checkpoint, EventSink, SamplerEvent
 from powersampling.params import Method, SamplingParams
+from powersampling.results import CachePolicy, CacheStatus
 from powersampling.sampler import Sampler, make_sampler
 
 logger = logging.getLogger(__name__)

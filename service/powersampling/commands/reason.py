@@ -146,11 +146,10 @@ class BlockProgress:
                 print(f"sampling: {event.num_blocks} block(s), seed {self.params.seed}", file=sys.stderr)
         if isinstance(event, BlockFinished):
             s = event.state
-            rate = s.accepted_steps / s.mcmc_steps if s.mcmc_steps else 0.0
             budget = f"/{self.params.token_budget}" if self.params.token_budget else ""
             print(
                 f"  {chain}block {event.block_index + 1}/{event.num_blocks}: {len(s.token_ids)} tokens, "
-                f"{s.mcmc_steps} steps, acceptance {rate:.2f}, spent {s.tokens_spent}{budget}"
+                f"{s.mcmc_steps} steps, acceptance {s.acceptance_rate:.2f}, spent {s.tokens_spent}{budget}"
                 + (" (earlier text revised)" if event.revised else ""),
                 file=sys.stderr,
                 flush=True,

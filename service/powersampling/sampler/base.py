@@ -18,7 +18,7 @@ from powersampling.engines.base import Engine, ExtendRequest, Extension
 from powersampling.errors import EngineError
 from powersampling.events import Checkpoint, EventSink, SamplerEvent
 from powersampling.params import Method, SamplingParams
-from powersampling.results import SmcStats
+from powersampling.results import SmcStats, StepRates
 from powersampling.sampler.stops import StopMatcher
 
 
@@ -29,7 +29,7 @@ def chain_seed(seed: int, chain_index: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ChainOutcome:
+class ChainOutcome(StepRates):
     """What one chain's final state means for its ReasonResult (the sampler-specific fields)."""
 
     chain_index: int

@@ -8,7 +8,6 @@ from typing import Any
 from powersampling import __version__
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.api import ReasonResult
-from powersampling.cache.base import CacheStatus
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
 from powersampling.events import ChainState, SmcChunkFinished, SmcSweepFinished
@@ -23,7 +22,7 @@ from powersampling.params import (
     Method,
     SamplingParams,
 )
-from powersampling.results import SmcStats
+from powersampling.results import CacheStatus, SmcStats
 from powersampling.sampler.smc import SmcPlan
 from powersampling.server.validation import METHODS
 
@@ -122,8 +121,8 @@ def progress_event(
             num_blocks=num_blocks,
             text=text,
             revised=revised,
-            acceptance_rate=state.accepted_steps / steps if steps else 0.0,
-            change_rate=state.changed_steps / steps if steps else 0.0,
+            acceptance_rate=state.acceptance_rate,
+            change_rate=state.change_rate,
             mcmc_steps=steps,
             tokens_spent=state.tokens_spent,
             token_budget=token_budget,
@@ -144,14 +143,14 @@ def smc_progress_event(
     (the chain's kept answer). block_index counts chunk slots over all sweeps, like Started.num_blocks."""
     state = event.state
     chunks = smc_chunks_per_sweep(params)
-    steps = max(0, state.sweeps_done - 1)  # PIMH steps so far: every sweep after the first
+    steps = state.pimh_steps
     progress = pb.Progress(
         chain_index=event.chain_index,
         num_blocks=event.num_sweeps * chunks,
         text=text,
         revised=revised,
-        acceptance_rate=state.accepted_sweeps / steps if steps else 0.0,
-        change_rate=state.changed_sweeps / steps if steps else 0.0,
+        acceptance_rate=state.acceptance_rate,
+        change_rate=state.change_rate,
         mcmc_steps=steps,
         tokens_spent=state.tokens_spent,
         token_budget=params.token_budget,

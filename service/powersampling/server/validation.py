@@ -23,11 +23,11 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from powersampling._proto.v1 import reasoning_pb2 as pb
-from powersampling.cache.base import CachePolicy
 from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.base import ChatMessage, Prompt
 from powersampling.errors import InvalidArgument
 from powersampling.params import SMC_FIELDS, Method, SamplingParams
+from powersampling.results import CachePolicy
 from powersampling.server.errors import PermissionDenied
 from powersampling.server.limits import WorkLimits, check_work
 

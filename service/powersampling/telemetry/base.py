@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from powersampling.api import ReasonResult
-from powersampling.cache.base import CacheStatus
 from powersampling.events import SamplerEvent
 from powersampling.params import SamplingParams
+from powersampling.results import CacheStatus, ReasonResult
 
 
 class RequestObserver(Protocol):

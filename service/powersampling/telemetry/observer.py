@@ -12,8 +12,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from powersampling.api import ReasonResult
-from powersampling.cache.base import CacheStatus
 from powersampling.events import (
     BlockFinished,
     ChainFinished,
@@ -25,6 +23,7 @@ from powersampling.events import (
     SmcSweepFinished,
 )
 from powersampling.params import Method, SamplingParams
+from powersampling.results import CacheStatus, ReasonResult, rate
 from powersampling.telemetry.instruments import Instruments
 
 # Span names.
@@ -281,7 +280,7 @@ class OtelRequestObserver:
                 "powersampling.steps_accepted": block.accepted,
                 "powersampling.steps_changed": block.changed,
                 "powersampling.steps_skipped": block.skipped,
-                "powersampling.acceptance_rate": block.accepted / block.steps if block.steps else 0.0,
+                "powersampling.acceptance_rate": rate(block.accepted, block.steps),
                 "powersampling.revised": e.revised,
                 "powersampling.length": len(state.token_ids),
                 "powersampling.chain_tokens_spent": state.tokens_spent,
@@ -536,11 +535,11 @@ class _Summary:
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.steps if self.steps else 0.0
+        return rate(self.accepted, self.steps)
 
     @property
     def change_rate(self) -> float:
-        return self.changed / self.steps if self.steps else 0.0
+        return rate(self.changed, self.steps)
 
 
 def _summarise(results: Sequence[ReasonResult] | None, totals: _Totals, params: SamplingParams) -> _Summary:
