@@ -20,7 +20,7 @@ import redis
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.api import ReasonResult
-from powersampling.cache.redis_cache import KEY_PREFIX
+from powersampling.cache.redis_keys import KEY_PREFIX
 from powersampling.params import SamplingParams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

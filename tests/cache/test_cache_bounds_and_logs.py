@@ -9,17 +9,14 @@ import logging
 
 import msgpack
 import pytest
-from powersampling.cache.base import CacheKey, CacheStatus
+from powersampling.cache.base import CacheKey
 from powersampling.cache.cached_reason import reason_cached
+from powersampling.cache.codec import VALUE_VERSION, encode_checkpoint
 from powersampling.cache.keys import request_key
-from powersampling.cache.redis_cache import (
-    MAX_CHECKPOINT_FIELDS,
-    VALUE_VERSION,
-    RedisChainCache,
-    RedisKeys,
-    encode_checkpoint,
-)
+from powersampling.cache.redis_cache import MAX_CHECKPOINT_FIELDS, RedisChainCache
+from powersampling.cache.redis_keys import RedisKeys
 from powersampling.events import ChainState
+from powersampling.results import CacheStatus
 from redis.asyncio import Redis
 
 from .support import PROMPT, RedisServer, make_engine, seeded_params

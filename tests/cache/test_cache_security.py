@@ -12,21 +12,22 @@ from collections.abc import Sequence
 import msgpack
 import pytest
 from powersampling.api import ReasonResult, reason_async
-from powersampling.cache.base import CacheKey, CacheStatus
+from powersampling.cache.base import CacheKey
 from powersampling.cache.cached_reason import reason_cached
-from powersampling.cache.keys import request_key
-from powersampling.cache.redis_cache import (
+from powersampling.cache.codec import (
     InvalidValue,
-    RedisChainCache,
-    RedisKeys,
     decode_completed,
     encode_checkpoint,
     encode_completed,
     mac_key,
 )
+from powersampling.cache.keys import request_key
+from powersampling.cache.redis_cache import RedisChainCache
+from powersampling.cache.redis_keys import RedisKeys
 from powersampling.engines.toy import ToyEngine
 from powersampling.events import ChainState
 from powersampling.params import SamplingParams
+from powersampling.results import CacheStatus
 from powersampling.sampler import chain_seed
 from redis.asyncio import Redis
 

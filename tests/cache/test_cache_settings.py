@@ -7,7 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from powersampling.cache.redis_cache import RedisChainCache, mac_key
+from powersampling.cache.codec import mac_key
+from powersampling.cache.redis_cache import RedisChainCache
 from powersampling.cli import build_parser, main
 from powersampling.config import ServerConfig, load_config
 from powersampling.errors import InvalidArgument

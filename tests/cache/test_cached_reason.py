@@ -14,23 +14,18 @@ import msgpack
 import numpy as np
 import pytest
 from powersampling.api import ReasonResult
-from powersampling.cache.base import CacheKey, CachePolicy, CacheStatus
+from powersampling.cache.base import CacheKey
 from powersampling.cache.cached_reason import reason_cached
+from powersampling.cache.codec import VALUE_VERSION, _mac, encode_checkpoint, encode_completed, mac_key
 from powersampling.cache.keys import request_key
-from powersampling.cache.redis_cache import (
-    VALUE_VERSION,
-    RedisChainCache,
-    RedisKeys,
-    _mac,
-    encode_checkpoint,
-    encode_completed,
-    mac_key,
-)
+from powersampling.cache.redis_cache import RedisChainCache
+from powersampling.cache.redis_keys import RedisKeys
 from powersampling.engines.base import ExtendRequest, Extension
 from powersampling.engines.toy import ToyEngine
 from powersampling.errors import EngineError
 from powersampling.events import BlockFinished, ChainState, SamplerEvent
 from powersampling.params import SamplingParams
+from powersampling.results import CachePolicy, CacheStatus
 from redis.asyncio import Redis
 
 from .support import PROMPT, RedisServer, free_port, make_engine, seeded_params, toy_engine_options

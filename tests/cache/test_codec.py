@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from powersampling.cache.redis_cache import (
+from powersampling.cache.codec import (
     VALUE_VERSION,
     InvalidValue,
     decode_checkpoint,

@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pytest
 from powersampling.cache.base import CacheKey
-from powersampling.cache.redis_cache import (
-    KEY_PREFIX,
-    CircuitBreaker,
-    RateLimitedLog,
-    RedisChainCache,
-    RedisKeys,
-    encode_checkpoint,
-    redact_url,
-    tenant_hash,
-)
+from powersampling.cache.codec import encode_checkpoint
+from powersampling.cache.redis_cache import RedisChainCache
+from powersampling.cache.redis_keys import KEY_PREFIX, RedisKeys, tenant_hash
+from powersampling.cache.resilience import CircuitBreaker, RateLimitedLog, redact_url
 from powersampling.events import ChainState
 from redis.asyncio import Redis
 from redis.crc import key_slot

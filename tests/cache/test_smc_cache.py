@@ -12,21 +12,20 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from powersampling.cache.base import CacheStatus
 from powersampling.cache.cached_reason import reason_cached
-from powersampling.cache.keys import request_key
-from powersampling.cache.redis_cache import (
+from powersampling.cache.codec import (
     SMC_CHECKPOINT_TYPE,
     InvalidValue,
-    RedisChainCache,
     decode_checkpoint,
     decode_completed,
     encode_checkpoint,
     encode_completed,
 )
+from powersampling.cache.keys import request_key
+from powersampling.cache.redis_cache import RedisChainCache
 from powersampling.events import SamplerEvent, SmcChunkFinished, SmcParticle, SmcState
 from powersampling.params import SamplingParams
-from powersampling.results import SmcStats
+from powersampling.results import CacheStatus, SmcStats
 
 from .support import PROMPT, RedisServer, make_engine, result
 
@@ -138,13 +137,13 @@ def test_completed_smc_results_round_trip_with_their_statistics() -> None:
 
 
 def test_completed_answers_written_before_smc_existed_still_read() -> None:
-    from powersampling.cache import redis_cache
+    from powersampling.cache import codec
 
     value = encode_completed(DIGEST, [result(0)])
     envelope = msgpack.unpackb(value)
     body = msgpack.unpackb(envelope["body"])
     del body["results"][0]["smc"]
-    old = redis_cache._seal(DIGEST, redis_cache.COMPLETED_TYPE, body)
+    old = codec._seal(DIGEST, codec.COMPLETED_TYPE, body)
     assert decode_completed(DIGEST, old) == [result(0)]
 
 

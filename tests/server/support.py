@@ -15,9 +15,10 @@ import pytest
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.api import ReasonResult
-from powersampling.cache.base import CacheKey, CacheStatus
+from powersampling.cache.base import CacheKey
 from powersampling.engines.toy import ToyEngine
 from powersampling.events import ChainState, SamplerEvent
+from powersampling.results import CacheStatus
 from powersampling.server.app import RunningServer
 
 # A six-token toy language: the prompt is text over "abc?" (spaces ignored), answers too.

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
-from powersampling.cache.redis_cache import tenant_hash
+from powersampling.cache.redis_keys import tenant_hash
 from powersampling.config import load_config
 from powersampling.errors import InvalidArgument
 from powersampling.params import Method, SamplingParams

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from powersampling.bench.metrics import Interval, accuracy, multiplier, paired_difference, pass_at_k
-from powersampling.bench.runner import load_records
+from powersampling.bench.records import load_records
+from powersampling.results import rate
 
 BASELINE = "sample"
 
@@ -52,8 +53,8 @@ def summarize_method(
         "mean_latency_s": math.fsum(r["latency_s"] for r in records) / len(records),
         "mcmc": {
             "steps_per_answer": steps / len(samples),
-            "acceptance_rate": sum(s["accepted_steps"] for s in samples) / steps if steps else None,
-            "change_rate": sum(s["changed_steps"] for s in samples) / steps if steps else None,
+            "acceptance_rate": rate(sum(s["accepted_steps"] for s in samples), steps) if steps else None,
+            "change_rate": rate(sum(s["changed_steps"] for s in samples), steps) if steps else None,
             "skipped_steps": sum(s["skipped_steps"] for s in samples),
         },
     }

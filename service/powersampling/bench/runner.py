@@ -30,9 +30,12 @@ from typing import Any
 
 from powersampling.api import ReasonResult, reason_async
 from powersampling.bench.datasets import Dataset, Problem
+from powersampling.bench.records import drop_torn_tail, load_records
+from powersampling.bench.report import write_report
 from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
 from powersampling.params import SMC_FIELDS, SamplingParams
+from powersampling.results import rate
 
 SampleFn = Callable[[Engine, Problem, Dataset, int, int], Awaitable[list[ReasonResult]]]
 
@@ -197,34 +200,6 @@ def run_identity(engine: Engine, dataset: Dataset, spec: MethodSpec, cfg: BenchC
     }
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a results file; a torn last line (a run killed mid-write) is dropped."""
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise InvalidArgument("out", f"{path} line {i + 1} is not JSON; the file is damaged") from None
-    return records
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a partial last line (a run killed mid-write) so that appended records start on a new line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 async def _default_sample(
     spec: MethodSpec, engine: Engine, problem: Problem, dataset: Dataset, n: int, seed: int
 ) -> list[ReasonResult]:
@@ -319,7 +294,7 @@ async def run_method(
     if not resume:
         path.unlink(missing_ok=True)
     _write_identity(engine, dataset, spec, cfg, out_dir)
-    _drop_torn_tail(path)
+    drop_torn_tail(path)
     done = {r["id"] for r in load_records(path)}
     todo = [p for p in problems if p.id not in done]
     n = 1 if spec.deterministic else cfg.samples
@@ -374,8 +349,8 @@ async def run_method(
             bar.update()
             steps = sum(s["mcmc_steps"] for s in samples)
             if steps:
-                changed = sum(s["changed_steps"] for s in samples) / steps
-                accepted = sum(s["accepted_steps"] for s in samples) / steps
+                changed = rate(sum(s["changed_steps"] for s in samples), steps)
+                accepted = rate(sum(s["accepted_steps"] for s in samples), steps)
                 bar.set_postfix(accept=f"{accepted:.2f}", change=f"{changed:.2f}", refresh=False)
 
         try:
@@ -420,8 +395,6 @@ async def run_quality_async(
 
     `tag` keeps only the problems carrying it (e.g. "hard"); `limit` then takes the first ones.
     """
-    from powersampling.bench.report import write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if limit is not None and limit < 1:

@@ -1,26 +1,8 @@
 """`RedisChainCache`: completed answers and per-block checkpoints in Redis (standalone or Cluster).
 
-Key layout (one request = one hash tag, so a request's keys share a Cluster slot):
-
-    powersampling:v2:{tenant-hash}:{<digest>}:done     string  the completed answer (all n chains)
-    powersampling:v2:{tenant-hash}:{<digest>}:chains   hash    field "<i>": chain i's last checkpoint
-
-`tenant-hash` is the first 16 hex digits of a sha256 of the tenant name, so no tenant name (":", "*",
-"{", ...) can escape its namespace; the tenant also enters the request digest, so one tenant can never
-read another's entries. Only the last finished block of each chain is kept (each write overwrites
-the chain's field); writing the completed answer deletes the checkpoints in the same transaction.
-
-Values are msgpack: an envelope map {"v": schema version, "type": "chain" | "done", "key": the
-request digest (32 bytes), "body": msgpack bytes, "mac": 32-byte keyed BLAKE2b of version, type,
-digest and body}, whose body is a map of the fields (see `encode_checkpoint`, `encode_completed`).
-The MAC key comes from the cache secret (`mac_key`); without one, from a random key of this process,
-so that nothing another program wrote to Redis is ever used. Token ids and log-probabilities
-travel as packed little-endian arrays, float32 when that is lossless and float64 otherwise, so a
-resumed chain sees bit-identical numbers. Every value read is validated (envelope, MAC, types,
-ranges, consistent lengths, finite floats); one that fails (garbage, another version, truncated,
-inconsistent, written for another key or with another secret, another Redis type, larger than
-`max_value_bytes`) is logged, deleted and treated as absent. Reads are bounded: a value's size is
-checked before it is read, so a huge value is deleted, never transferred. Nothing is ever unpickled.
+The key layout is in `powersampling.cache.redis_keys`, the value format (msgpack, sealed with a MAC,
+strictly validated) in `powersampling.cache.codec`, the circuit breaker and rate-limited log in
+`powersampling.cache.resilience`; this module is the client that ties them to Redis.
 
 Failure behaviour: every Redis call has short socket timeouts and a hard deadline, no retries, and a
 circuit breaker: after a connection failure or timeout Redis is skipped for a cool-down (doubling up
@@ -33,20 +15,13 @@ kind (each kind of invalid value, oversize values, unavailability, each failing 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import math
-import re
-import secrets
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-import msgpack
-import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -54,653 +29,33 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
 from powersampling.cache.base import CacheKey
-from powersampling.events import ChainState, Checkpoint, SmcParticle, SmcState
-from powersampling.results import ReasonResult, SmcStats
+from powersampling.cache.codec import (
+    MAX_CHAIN_INDEX,
+    MIN_SECRET_BYTES,
+    VALUE_VERSION,
+    InvalidValue,
+    decode_checkpoint,
+    decode_completed,
+    encode_checkpoint,
+    encode_completed,
+    field_index,
+    mac_key,
+)
+from powersampling.cache.redis_keys import KEY_PREFIX, RedisKeys, tenant_hash
+from powersampling.cache.resilience import CircuitBreaker, RateLimitedLog, redact_url
+from powersampling.events import Checkpoint
+from powersampling.results import ReasonResult
 
 logger = logging.getLogger(__name__)
-
-KEY_PREFIX = "powersampling:v2"  # bump the "v2" together with VALUE_VERSION on incompatible changes
-VALUE_VERSION = 2
-CHECKPOINT_TYPE = "chain"
-SMC_CHECKPOINT_TYPE = "smc"  # a Power-SMC chain's particle set and answer so far
-COMPLETED_TYPE = "done"
 
 DEFAULT_TTL_S = 24 * 3600.0
 DEFAULT_PARTIAL_TTL_S = 3600.0
 DEFAULT_MAX_VALUE_BYTES = 4 << 20
 DEFAULT_TIMEOUT_S = 0.25  # generous enough for a loaded host; a healthy Redis answers in ~1 ms
 MAX_CHECKPOINT_FIELDS = 1024  # a request's checkpoint hash holds one field per chain (n <= 1024)
-MIN_SECRET_BYTES = 16
-
-_MAX_INT = 2**63 - 1
-_MAX_CHAIN_INDEX = 2**31 - 1
-_MAX_TOKEN_ID = 2**32 - 1
-_MAX_STR = 1 << 16  # model, engine and method names; the answer's text is bounded by the value size
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-_FINISH_REASONS_OPEN = (None, "eos", "stop")
-_FINISH_REASONS_DONE = ("eos", "stop", "length")
-_FINISH_REASONS_PARTICLE = (None, "eos", "stop", "length")
 
 RedisClient = Redis | RedisCluster
 T = TypeVar("T")
-
-
-class InvalidValue(ValueError):
-    """A stored value that is not a valid entry of this schema version for this key.
-
-    `kind` says which check refused it (for logs rate-limited per kind): "format" (not msgpack, not
-    a map), "version", "type", "key" (written for another request), "mac" (not sealed with this
-    cache's key) or "content" (a field that fails its check).
-    """
-
-    def __init__(self, message: str, kind: str = "content") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-# ---------------------------------------------------------------------------------------------
-# Authentication
-# ---------------------------------------------------------------------------------------------
-
-# Used when no secret is configured: values are then readable only by this process, never by another
-# replica, a restarted server or whoever else writes to the Redis.
-_PROCESS_MAC_KEY = secrets.token_bytes(32)
-
-
-def mac_key(secret: str | bytes | None) -> bytes:
-    """The 32-byte MAC key of a cache secret; None: this process's random key.
-
-    ValueError if the secret is shorter than MIN_SECRET_BYTES (an empty secret must never mean
-    "no authentication").
-    """
-    if secret is None:
-        return _PROCESS_MAC_KEY
-    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-    if len(raw) < MIN_SECRET_BYTES:
-        raise ValueError(f"the cache secret must be at least {MIN_SECRET_BYTES} bytes, got {len(raw)}")
-    return hashlib.blake2b(raw, digest_size=32, person=b"ps-cache-secret").digest()
-
-
-def _mac(key: bytes, value_type: str, digest: bytes, body: bytes) -> bytes:
-    """Keyed BLAKE2b of everything a reader relies on: version, type tag, request digest, body."""
-    mac = hashlib.blake2b(key=key, digest_size=32, person=b"ps-cache-value")
-    mac.update(f"{VALUE_VERSION}\0{value_type}\0".encode())
-    mac.update(digest)
-    mac.update(body)
-    return mac.digest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Value format
-# ---------------------------------------------------------------------------------------------
-
-
-def _pack_ids(token_ids: Sequence[int]) -> bytes:
-    ids = np.asarray(token_ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() > _MAX_TOKEN_ID):
-        raise ValueError("token ids must fit an unsigned 32-bit integer")
-    return ids.astype("<u4").tobytes()
-
-
-def _pack_floats(*arrays: Sequence[float]) -> tuple[str, list[bytes]]:
-    """Pack float arrays as float32 when every value survives the round trip, else float64."""
-    values = [np.asarray(a, dtype=np.float64) for a in arrays]
-    for v in values:
-        if not np.isfinite(v).all():
-            raise ValueError("log-probabilities must be finite")
-    with np.errstate(over="ignore"):  # a float64 beyond float32's range is simply not lossless
-        lossless = all(np.array_equal(v.astype(np.float32).astype(np.float64), v) for v in values)
-    dtype = "<f4" if lossless else "<f8"
-    return dtype, [v.astype(dtype).tobytes() for v in values]
-
-
-def _seal(digest: str, value_type: str, body: dict[str, Any], key: bytes | None = None) -> bytes:
-    """The envelope: version, type tag and request digest in clear, the body, and their MAC under
-    `key` (a `mac_key`; None: this process's key)."""
-    packed = msgpack.packb(body, use_bin_type=True)
-    request = bytes.fromhex(digest)
-    return msgpack.packb(
-        {
-            "v": VALUE_VERSION,
-            "type": value_type,
-            "key": request,
-            "body": packed,
-            "mac": _mac(_PROCESS_MAC_KEY if key is None else key, value_type, request, packed),
-        },
-        use_bin_type=True,
-    )
-
-
-def _open(data: bytes, value_type: str, digest: str, key: bytes | None = None) -> dict[str, Any]:
-    """The body of a sealed value, after checking its envelope and MAC; InvalidValue otherwise."""
-    envelope = _unpack_map(data, "value")
-    if envelope.get("v") != VALUE_VERSION:
-        raise InvalidValue(f"schema version {envelope.get('v')!r:.40}, expected {VALUE_VERSION}", "version")
-    if envelope.get("type") != value_type:
-        raise InvalidValue(f"type {envelope.get('type')!r:.40}, expected {value_type!r}", "type")
-    request = bytes.fromhex(digest)
-    if envelope.get("key") != request:
-        raise InvalidValue("written for another request", "key")
-    body, mac = envelope.get("body"), envelope.get("mac")
-    if not (isinstance(body, bytes) and isinstance(mac, bytes)) or not hmac.compare_digest(
-        mac, _mac(_PROCESS_MAC_KEY if key is None else key, value_type, request, body)
-    ):
-        raise InvalidValue("MAC mismatch: not written with this cache's secret", "mac")
-    return _unpack_map(body, "body")
-
-
-def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises many kinds on garbage
-        raise InvalidValue(f"{what} is not msgpack ({type(exc).__name__})", "format") from None
-    if not isinstance(value, dict):
-        raise InvalidValue(f"{what} is not a map but {type(value).__name__}", "format")
-    return value
-
-
-def encode_checkpoint(digest: str, state: Checkpoint, *, key: bytes | None = None) -> bytes:
-    """The value stored for a chain's checkpoint, sealed with `key` (a `mac_key`; None: this
-    process's); ValueError if `state` cannot be stored faithfully."""
-    if isinstance(state, SmcState):
-        return _encode_smc_checkpoint(digest, state, key)
-    if not len(state.token_ids) == len(state.logp) == len(state.logq):
-        raise ValueError("token_ids, logp and logq differ in length")
-    float_dtype, (logp, logq) = _pack_floats(state.logp, state.logq)
-    return _seal(
-        digest,
-        CHECKPOINT_TYPE,
-        {
-            "chain_index": state.chain_index,
-            "seed": state.seed,
-            "blocks_done": state.blocks_done,
-            "token_ids": _pack_ids(state.token_ids),
-            "float_dtype": float_dtype,
-            "logp": logp,
-            "logq": logq,
-            "finish_reason": state.finish_reason,
-            "tokens_spent": state.tokens_spent,
-            "mcmc_steps": state.mcmc_steps,
-            "accepted_steps": state.accepted_steps,
-            "changed_steps": state.changed_steps,
-            "skipped_steps": state.skipped_steps,
-        },
-        key,
-    )
-
-
-def encode_completed(digest: str, results: Sequence[ReasonResult], *, key: bytes | None = None) -> bytes:
-    """The value stored for a completed answer (every chain's ReasonResult, in chain order)."""
-    entries = []
-    for r in results:
-        entry: dict[str, Any] = {name: getattr(r, name) for name in _RESULT_FIELDS}
-        entry["token_ids"] = _pack_ids(r.token_ids)
-        entry["smc"] = None if r.smc is None else {name: getattr(r.smc, name) for name in _SMC_STATS_FIELDS}
-        for name, check in _RESULT_FIELDS.items():  # refuse to store what a reader would reject
-            check(entry[name], name)
-        entries.append(entry)
-    return _seal(digest, COMPLETED_TYPE, {"results": entries}, key)
-
-
-def _int(value: object, name: str, low: int = 0, high: int = _MAX_INT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidValue(f"{name}: expected an integer in [{low}, {high}], got {value!r:.40}")
-    return value
-
-
-def _opt_int(value: object, name: str) -> int | None:
-    return None if value is None else _int(value, name)
-
-
-def _float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidValue(f"{name}: expected a finite number, got {value!r:.40}")
-    return float(value)
-
-
-def _rate(value: object, name: str) -> float:
-    rate = _float(value, name)
-    if not 0.0 <= rate <= 1.0:
-        raise InvalidValue(f"{name}: expected a rate in [0, 1], got {rate}")
-    return rate
-
-
-def _str(value: object, name: str, max_len: int = _MAX_STR) -> str:
-    if not isinstance(value, str) or len(value) > max_len:
-        raise InvalidValue(f"{name}: expected a string of at most {max_len} characters")
-    return value
-
-
-def _text(value: object, name: str) -> str:
-    return _str(value, name, max_len=_MAX_INT)
-
-
-def _choice(*allowed: str | None) -> Callable[[object, str], Any]:
-    def check(value: object, name: str) -> Any:
-        if value not in allowed:
-            raise InvalidValue(f"{name}: {value!r:.40} is not one of {allowed}")
-        return value
-
-    return check
-
-
-def _bin(value: object, name: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise InvalidValue(f"{name}: expected bytes")
-    return value
-
-
-def _ids(value: object, name: str) -> list[int]:
-    raw = _bin(value, name)
-    if len(raw) % 4:
-        raise InvalidValue(f"{name}: {len(raw)} bytes is not a whole number of uint32")
-    return np.frombuffer(raw, dtype="<u4").tolist()  # type: ignore[no-any-return]
-
-
-def _floats(value: object, name: str, dtype: str) -> tuple[float, ...]:
-    raw = _bin(value, name)
-    width = np.dtype(dtype).itemsize
-    if len(raw) % width:
-        raise InvalidValue(f"{name}: {len(raw)} bytes is not a whole number of {dtype}")
-    array = np.frombuffer(raw, dtype=dtype).astype(np.float64)
-    if not np.isfinite(array).all():
-        raise InvalidValue(f"{name}: holds a value that is not finite")
-    return tuple(array.tolist())
-
-
-_SMC_STATS_FIELDS: dict[str, Callable[[object, str], Any]] = {
-    "particles": _int,
-    "sweeps": _int,
-    "accepted_sweeps": _int,
-    "resamples": _int,
-    "ess_min": _rate,
-    "unique_ancestors": _int,
-    "log_z_hat": _float,
-}
-assert set(_SMC_STATS_FIELDS) == {f.name for f in fields(SmcStats)}, "SmcStats changed: update"
-
-
-def _smc_stats(value: object, name: str) -> SmcStats | None:
-    """A result's SMC statistics (a map of SmcStats' fields) or None for the other methods."""
-    if value is None or isinstance(value, SmcStats):
-        return value  # None, or the value being checked before it is stored
-    if not isinstance(value, dict):
-        raise InvalidValue(f"{name}: expected a map or nil")
-    try:
-        return SmcStats(**{k: check(value[k], f"{name}.{k}") for k, check in _SMC_STATS_FIELDS.items()})
-    except KeyError as exc:
-        raise InvalidValue(f"{name}: missing field {exc}") from None
-
-
-# Every field of ReasonResult and its check; `token_ids` is packed like a checkpoint's.
-_RESULT_FIELDS: dict[str, Callable[[object, str], Any]] = {
-    "text": _text,
-    "token_ids": _bin,
-    "finish_reason": _choice(*_FINISH_REASONS_DONE),
-    "tokens_spent": _int,
-    "token_budget": _opt_int,
-    "mcmc_steps": _int,
-    "accepted_steps": _int,
-    "changed_steps": _int,
-    "skipped_steps": _int,
-    "acceptance_rate": _rate,
-    "change_rate": _rate,
-    "log_prob": _float,
-    "latency_s": _float,
-    "model": _str,
-    "engine": _str,
-    "method": _str,
-    "alpha": _float,
-    "proposal_temperature": _float,
-    "seed": _int,
-    "chain_index": lambda v, name: _int(v, name, high=_MAX_CHAIN_INDEX),
-    "prompt_tokens": _int,
-    "resumed_from_block": _int,
-    "smc": _smc_stats,
-}
-assert set(_RESULT_FIELDS) == {f.name for f in fields(ReasonResult)}, "ReasonResult changed: update"
-
-
-def decode_checkpoint(
-    digest: str, data: bytes, chain_index: int | None = None, *, key: bytes | None = None
-) -> Checkpoint:
-    """A checkpoint read back, validated; InvalidValue if it is not one (for `chain_index`, if given)."""
-    if _value_type(data) == SMC_CHECKPOINT_TYPE:
-        return _decode_smc_checkpoint(digest, data, chain_index, key)
-    value = _open(data, CHECKPOINT_TYPE, digest, key)
-    try:
-        index = _int(value["chain_index"], "chain_index", high=_MAX_CHAIN_INDEX)
-        if chain_index is not None and index != chain_index:
-            raise InvalidValue(f"chain_index {index} stored under chain {chain_index}")
-        float_dtype = _choice("<f4", "<f8")(value["float_dtype"], "float_dtype")
-        token_ids = _ids(value["token_ids"], "token_ids")
-        logp = _floats(value["logp"], "logp", float_dtype)
-        logq = _floats(value["logq"], "logq", float_dtype)
-        if not len(token_ids) == len(logp) == len(logq):
-            raise InvalidValue(f"lengths differ: {len(token_ids)} tokens, {len(logp)} logp, {len(logq)} logq")
-        finish_reason = _choice(*_FINISH_REASONS_OPEN)(value["finish_reason"], "finish_reason")
-        counters = {
-            name: _int(value[name], name)
-            for name in ("tokens_spent", "mcmc_steps", "accepted_steps", "changed_steps", "skipped_steps")
-        }
-        if not counters["changed_steps"] <= counters["accepted_steps"] <= counters["mcmc_steps"]:
-            raise InvalidValue("step counters are inconsistent")
-        return ChainState(
-            chain_index=index,
-            seed=_int(value["seed"], "seed"),
-            blocks_done=_int(value["blocks_done"], "blocks_done"),
-            token_ids=tuple(token_ids),
-            logp=logp,
-            logq=logq,
-            ended=finish_reason is not None,
-            finish_reason=finish_reason,
-            **counters,
-        )
-    except KeyError as exc:
-        raise InvalidValue(f"missing field {exc}") from None
-
-
-def _value_type(data: bytes) -> object:
-    """The type tag of a sealed value (None if it is not one; `_open` then says why)."""
-    try:
-        return _unpack_map(data, "value").get("type")
-    except InvalidValue:
-        return None
-
-
-def _encode_smc_checkpoint(digest: str, state: SmcState, key: bytes | None) -> bytes:
-    """A Power-SMC checkpoint. Resampled particles are often exact copies of each other, so each
-    distinct particle is stored once and every particle names its entry, weight and ancestor."""
-    distinct: dict[tuple[tuple[int, ...], tuple[float, ...], str | None], int] = {}
-    entry_of = []
-    for p in state.particles:
-        if len(p.token_ids) != len(p.logp):
-            raise ValueError("a particle's token_ids and logp differ in length")
-        entry_of.append(distinct.setdefault((p.token_ids, p.logp, p.finish_reason), len(distinct)))
-    if len(state.answer_token_ids) != len(state.answer_logp):
-        raise ValueError("the answer's token_ids and logp differ in length")
-    float_dtype, (answer_logp, *logps) = _pack_floats(state.answer_logp, *(k[1] for k in distinct))
-    weights = np.asarray([p.log_weight for p in state.particles], dtype=np.float64)
-    if not np.isfinite(weights).all():
-        raise ValueError("log-weights must be finite")
-    return _seal(
-        digest,
-        SMC_CHECKPOINT_TYPE,
-        {
-            **{name: getattr(state, name) for name in _SMC_STATE_FIELDS},
-            "float_dtype": float_dtype,
-            "answer_token_ids": _pack_ids(state.answer_token_ids),
-            "answer_logp": answer_logp,
-            "answer_finish_reason": state.answer_finish_reason,
-            "answer_log_z": state.answer_log_z,
-            "distinct": [
-                {"token_ids": _pack_ids(ids), "logp": lp, "finish_reason": reason}
-                for (ids, _, reason), lp in zip(distinct, logps, strict=True)
-            ],
-            "entry": _pack_ids(entry_of),
-            "log_weight": weights.astype("<f8").tobytes(),
-            "ancestor": _pack_ids([p.ancestor for p in state.particles]),
-        },
-        key,
-    )
-
-
-def _ess(value: object, name: str) -> float:
-    ess = _rate(value, name)
-    if ess <= 0.0:
-        raise InvalidValue(f"{name}: expected a fraction in (0, 1], got {ess}")
-    return ess
-
-
-# The scalar fields of SmcState and their checks (particles and the answer are packed apart).
-_SMC_STATE_FIELDS: dict[str, Callable[[object, str], Any]] = {
-    "chain_index": lambda v, name: _int(v, name, high=_MAX_CHAIN_INDEX),
-    "seed": _int,
-    "num_particles": lambda v, name: _int(v, name, low=1, high=1 << 20),
-    "sweep_index": _int,
-    "chunks_done": _int,
-    "sweep_log_z": _float,
-    "sweep_resamples": _int,
-    "sweep_ess_min": _ess,
-    "tokens_spent": _int,
-    "sweeps_done": _int,
-    "accepted_sweeps": _int,
-    "changed_sweeps": _int,
-    "skipped_sweeps": _int,
-    "resamples": _int,
-    "ess_min": _ess,
-    "unique_ancestors": _int,
-    "ended": lambda v, name: _bool(v, name),
-}
-assert set(_SMC_STATE_FIELDS) | {
-    "particles", "answer_token_ids", "answer_logp", "answer_finish_reason", "answer_log_z",
-} == {f.name for f in fields(SmcState)}, "SmcState changed: update"  # fmt: skip
-
-
-def _bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidValue(f"{name}: expected a boolean, got {value!r:.40}")
-    return value
-
-
-def _decode_smc_checkpoint(digest: str, data: bytes, chain_index: int | None, key: bytes | None) -> SmcState:
-    value = _open(data, SMC_CHECKPOINT_TYPE, digest, key)
-    try:
-        scalars = {name: check(value[name], name) for name, check in _SMC_STATE_FIELDS.items()}
-        if chain_index is not None and scalars["chain_index"] != chain_index:
-            raise InvalidValue(f"chain_index {scalars['chain_index']} stored under chain {chain_index}")
-        if not scalars["changed_sweeps"] <= scalars["accepted_sweeps"] <= scalars["sweeps_done"]:
-            raise InvalidValue("sweep counters are inconsistent")
-        float_dtype = _choice("<f4", "<f8")(value["float_dtype"], "float_dtype")
-        answer_ids = _ids(value["answer_token_ids"], "answer_token_ids")
-        answer_logp = _floats(value["answer_logp"], "answer_logp", float_dtype)
-        if len(answer_ids) != len(answer_logp):
-            raise InvalidValue("the answer's token_ids and logp differ in length")
-        answer_log_z = value["answer_log_z"]
-        if answer_log_z is not None:
-            answer_log_z = _float(answer_log_z, "answer_log_z")
-        distinct_raw = value["distinct"]
-        if not isinstance(distinct_raw, list):
-            raise InvalidValue("distinct: expected a list")
-        distinct = []
-        for k, d in enumerate(distinct_raw):
-            if not isinstance(d, dict):
-                raise InvalidValue(f"distinct[{k}]: not a map")
-            ids = _ids(d["token_ids"], f"distinct[{k}].token_ids")
-            logp = _floats(d["logp"], f"distinct[{k}].logp", float_dtype)
-            if len(ids) != len(logp):
-                raise InvalidValue(f"distinct[{k}]: token_ids and logp differ in length")
-            reason = _choice(*_FINISH_REASONS_PARTICLE)(d["finish_reason"], f"distinct[{k}].finish_reason")
-            distinct.append((tuple(ids), logp, reason))
-        entries = _ids(value["entry"], "entry")
-        ancestors = _ids(value["ancestor"], "ancestor")
-        weights = _floats(value["log_weight"], "log_weight", "<f8")
-        if not len(entries) == len(ancestors) == len(weights):
-            raise InvalidValue("particle arrays differ in length")
-        if entries and max(entries) >= len(distinct):
-            raise InvalidValue("a particle names a missing entry")
-        if ancestors and max(ancestors) >= scalars["num_particles"]:
-            raise InvalidValue("a particle's ancestor is out of range")
-        particles = tuple(
-            SmcParticle(distinct[e][0], distinct[e][1], w, distinct[e][2], a)
-            for e, a, w in zip(entries, ancestors, weights, strict=True)
-        )
-        return SmcState(
-            **scalars,
-            particles=particles,
-            answer_token_ids=tuple(answer_ids),
-            answer_logp=answer_logp,
-            answer_finish_reason=_choice(*_FINISH_REASONS_PARTICLE)(
-                value["answer_finish_reason"], "answer_finish_reason"
-            ),
-            answer_log_z=answer_log_z,
-        )
-    except KeyError as exc:
-        raise InvalidValue(f"missing field {exc}") from None
-    except TypeError as exc:  # a map where a scalar belongs, say
-        raise InvalidValue(f"malformed checkpoint ({exc})") from None
-
-
-def decode_completed(digest: str, data: bytes, *, key: bytes | None = None) -> list[ReasonResult]:
-    """A completed answer read back, validated; InvalidValue if it is not one."""
-    value = _open(data, COMPLETED_TYPE, digest, key)
-    entries = value.get("results")
-    if not isinstance(entries, list) or not entries:
-        raise InvalidValue("results: expected a non-empty list")
-    results = []
-    try:
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, dict):
-                raise InvalidValue(f"results[{i}]: not a map")
-            entry.setdefault("smc", None)  # written before SMC existed: not an SMC result
-            checked = {name: check(entry[name], name) for name, check in _RESULT_FIELDS.items()}
-            checked["token_ids"] = _ids(checked["token_ids"], "token_ids")
-            if checked["chain_index"] != i:
-                raise InvalidValue(f"results[{i}] holds chain {checked['chain_index']}")
-            results.append(ReasonResult(**checked))
-    except KeyError as exc:
-        raise InvalidValue(f"missing field {exc}") from None
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Keys
-# ---------------------------------------------------------------------------------------------
-
-
-def tenant_hash(tenant: str) -> str:
-    """16 hex digits naming a tenant's key namespace (any tenant name, no escaping needed)."""
-    name = tenant.encode("utf-8", "surrogatepass")
-    return hashlib.sha256(b"powersampling-tenant\0" + name).hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class RedisKeys:
-    """The Redis keys of one request."""
-
-    done: str
-    chains: str
-
-    @classmethod
-    def of(cls, key: CacheKey) -> RedisKeys:
-        if not _DIGEST.fullmatch(key.digest):
-            raise ValueError(f"a cache key digest is 64 lowercase hex digits, got {key.digest!r:.80}")
-        base = f"{KEY_PREFIX}:{tenant_hash(key.tenant)}:{{{key.digest}}}"
-        return cls(done=f"{base}:done", chains=f"{base}:chains")
-
-
-# ---------------------------------------------------------------------------------------------
-# Failure handling
-# ---------------------------------------------------------------------------------------------
-
-
-class CircuitBreaker:
-    """Skips Redis for a cool-down after a failure, then lets one trial call through.
-
-    The cool-down doubles with each failed trial (up to `max_cooldown_s`) and resets on success.
-    Failures reported while the breaker is already open (calls that were in flight when Redis went
-    away) do not lengthen it.
-    """
-
-    def __init__(
-        self, cooldown_s: float, max_cooldown_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.cooldown_s = cooldown_s
-        self.max_cooldown_s = max(max_cooldown_s, cooldown_s)
-        self._clock = clock
-        self._open_until: float | None = None
-        self._down_since: float | None = None
-        self._trips = 0
-        self._trial_in_flight = False
-
-    @property
-    def closed(self) -> bool:
-        """Whether calls go through normally (no recent failure)."""
-        return self._open_until is None
-
-    def ready(self) -> bool:
-        """Whether `allow` would let a call through now (without claiming the trial)."""
-        return self._open_until is None or (not self._trial_in_flight and self._clock() >= self._open_until)
-
-    @property
-    def open_for_s(self) -> float:
-        """Seconds left before the next trial (0 when closed or due)."""
-        return 0.0 if self._open_until is None else max(0.0, self._open_until - self._clock())
-
-    def allow(self) -> bool:
-        """Whether a call may go to Redis now (when open, at most one trial after the cool-down)."""
-        if self._open_until is None:
-            return True
-        if self._trial_in_flight or self._clock() < self._open_until:
-            return False
-        self._trial_in_flight = True
-        return True
-
-    def abandon(self) -> None:
-        """A call let through ended without telling anything about Redis (it was cancelled)."""
-        self._trial_in_flight = False
-
-    def success(self) -> float | None:
-        """Record a call that Redis answered; returns how long it was down if this closes the
-        breaker (seconds since the first failure), else None."""
-        down_for = None if self._down_since is None else self._clock() - self._down_since
-        self._open_until = None
-        self._down_since = None
-        self._trips = 0
-        self._trial_in_flight = False
-        return down_for
-
-    def failure(self) -> None:
-        now = self._clock()
-        if self._open_until is not None and not self._trial_in_flight and now < self._open_until:
-            return
-        cooldown = min(self.max_cooldown_s, self.cooldown_s * 2.0 ** min(self._trips, 30))
-        if self._down_since is None:
-            self._down_since = now
-        self._trips += 1
-        self._open_until = now + cooldown
-        self._trial_in_flight = False
-
-
-class RateLimitedLog:
-    """Logs a message of each kind at most once per `interval_s`, counting the ones left out."""
-
-    def __init__(self, log: logging.Logger, interval_s: float, clock: Callable[[], float] = time.monotonic):
-        self._log = log
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, kind: str, message: str, *args: object) -> None:
-        self.log(logging.WARNING, kind, message, *args)
-
-    def info(self, kind: str, message: str, *args: object) -> None:
-        self.log(logging.INFO, kind, message, *args)
-
-    def log(self, level: int, kind: str, message: str, *args: object) -> None:
-        now = self._clock()
-        last, suppressed = self._last.get(kind, (-math.inf, 0))
-        if now - last < self._interval_s:
-            self._last[kind] = (last, suppressed + 1)
-            return
-        self._last[kind] = (now, 0)
-        if suppressed:
-            message += " (%d similar message(s) not logged)"
-            args = (*args, suppressed)
-        self._log.log(level, message, *args)
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by '***' (for logs)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 # Errors that mean "Redis is not answering": they open the circuit breaker. Other RedisErrors (a
@@ -995,7 +350,7 @@ class RedisChainCache:
         indices: dict[int, bytes] = {}
         for name in cast(list[bytes], names):  # the client decodes nothing: names are bytes
             try:
-                indices[_field_index(name)] = name
+                indices[field_index(name)] = name
             except InvalidValue as exc:
                 await self._discard(chains, name, exc)
         if not indices:
@@ -1030,7 +385,7 @@ class RedisChainCache:
 
     async def put_checkpoint(self, key: CacheKey, state: Checkpoint) -> None:
         keys = self._keys(key)
-        if keys is None or not 0 <= state.chain_index <= _MAX_CHAIN_INDEX or not self.breaker.ready():
+        if keys is None or not 0 <= state.chain_index <= MAX_CHAIN_INDEX or not self.breaker.ready():
             return
         value = self._encoded(lambda: encode_checkpoint(key.digest, state, key=self._mac_key), "checkpoint")
         if value is None:
@@ -1207,19 +562,14 @@ async def _close_quietly(client: RedisClient) -> None:
         logger.debug("closing a Redis client failed: %s", exc)
 
 
-def _field_index(field: object) -> int:
-    text = field.decode("ascii", "replace") if isinstance(field, bytes) else str(field)
-    if not text.isdigit() or str(int(text)) != text or int(text) > _MAX_CHAIN_INDEX:
-        raise InvalidValue(f"field {text!r:.40} is not a chain index")
-    return int(text)
-
-
 __all__ = [
     "KEY_PREFIX",
     "MAX_CHECKPOINT_FIELDS",
+    "MIN_SECRET_BYTES",
     "VALUE_VERSION",
     "CircuitBreaker",
     "InvalidValue",
+    "RateLimitedLog",
     "RedisCacheSettings",
     "RedisChainCache",
     "RedisKeys",
