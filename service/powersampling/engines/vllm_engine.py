@@ -52,6 +52,7 @@ from powersampling.engines.vllm_stats import VllmEngineStats, make_stats_logger_
 from powersampling.errors import EngineError, InvalidArgument
 from powersampling.models import fingerprint_folder
 from powersampling.models.eos import collect_eos_ids
+from powersampling.stops import StopMatcher
 
 if TYPE_CHECKING:
     from vllm import SamplingParams as VllmSamplingParams
@@ -535,11 +536,9 @@ class VllmEngine(HuggingFaceTokenizer, Engine):
         )
 
     def _stop_confirmed(self, prefix: Sequence[int], tokens: Sequence[int], stops: Sequence[str]) -> bool:
-        tail = list(prefix[-8:])
-        before = self.detokenize(tail)
-        text = self.detokenize(tail + list(tokens))
-        start = max(0, len(before) - max(len(s) for s in stops) + 1)
-        return any(text.find(s, start) >= 0 for s in stops)
+        """Whether the tokenizer's own decoding shows a stop string in `tokens` (a few prefix tokens
+        give the boundary its context), as the sampler's matcher will see it."""
+        return StopMatcher(stops, self.detokenize).contains(prefix[-8:], tokens)
 
     async def _logq(
         self, prefix: Sequence[int], new: Sequence[int], steps: StepLogprobs, tau: float

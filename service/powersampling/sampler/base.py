@@ -19,7 +19,7 @@ from powersampling.errors import EngineError
 from powersampling.events import Checkpoint, EventSink, SamplerEvent
 from powersampling.params import Method, SamplingParams
 from powersampling.results import SmcStats, StepRates
-from powersampling.sampler.stops import StopMatcher
+from powersampling.stops import StopMatcher
 
 
 def chain_seed(seed: int, chain_index: int) -> int:
