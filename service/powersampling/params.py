@@ -42,6 +42,11 @@ class Method(StrEnum):
     GREEDY = "greedy"
 
 
+def _knob(default: Any, help: str, *, shown: object = None, low: float | None = None) -> Any:
+    """A SamplingParams field with what its command-line flag says about it."""
+    return field(default=default, metadata={"help": help, "shown": shown, "min": low})
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Every knob of one request. Construction validates; an invalid value raises InvalidArgument.
@@ -50,22 +55,34 @@ class SamplingParams:
     T = 3072 max new tokens, B = 192 tokens per block.
     """
 
-    method: Method = Method.POWER
-    alpha: float = 4.0
-    proposal_temperature: float | None = None  # None: 1/alpha
-    block_size: int = 192
-    max_new_tokens: int = 3072
-    mcmc_steps: int = 10
-    token_budget: int | None = None  # None: no cap beyond what the plan needs
-    seed: int | None = None  # None: a fresh random seed, reported with the result
-    stop: tuple[str, ...] = field(default=())
-    n: int = 1
+    # Each field's metadata feeds the command-line flags (`powersampling.sampling_flags`): "help", the
+    # default as shown when the field's own is None ("shown"), and the smallest value a flag may take
+    # ("min": 0 or 1, or 0.0 for "greater than 0").
+    method: Method = _knob(Method.POWER, "sampling method")  # noqa: RUF009 (an immutable enum member)
+    alpha: float = _knob(4.0, "power of the target p^alpha")
+    proposal_temperature: float | None = _knob(None, "temperature of the proposal", shown="1/alpha", low=0.0)
+    block_size: int = _knob(192, "tokens per block (power)", low=1)
+    max_new_tokens: int = _knob(3072, "most tokens generated per answer", low=1)
+    mcmc_steps: int = _knob(10, "MCMC steps per block (power)", low=0)
+    token_budget: int | None = _knob(None, "cap on all proposal tokens of the request", shown="none", low=1)
+    seed: int | None = _knob(None, "random seed", shown="drawn and reported", low=0)
+    stop: tuple[str, ...] = _knob((), "stop string (repeatable)")
+    n: int = _knob(1, "independent samples", low=1)
     # Power-SMC only (None: the method's default applies; see the effective_* properties).
-    particles: int | None = None
-    sweeps: int | None = None
-    resample_threshold: float | None = None
-    chunk_size: int | None = None
-    ramp_tokens: int | None = None
+    particles: int | None = _knob(None, "particles per sweep (smc)", shown=DEFAULT_PARTICLES, low=1)
+    sweeps: int | None = _knob(
+        None, "sweeps (smc; 1: plain SMC, more: particle independent MH)", shown=DEFAULT_SWEEPS, low=1
+    )
+    resample_threshold: float | None = _knob(
+        None,
+        "resample when ESS < this x particles, in (0, 1] (smc)",
+        shown=DEFAULT_RESAMPLE_THRESHOLD,
+        low=0.0,
+    )
+    chunk_size: int | None = _knob(None, "tokens between ESS checks (smc)", shown=DEFAULT_CHUNK_SIZE, low=1)
+    ramp_tokens: int | None = _knob(
+        None, "alpha-ramp length in tokens (smc)", shown=DEFAULT_RAMP_TOKENS, low=0
+    )
 
     def __post_init__(self) -> None:
         try:

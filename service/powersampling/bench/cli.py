@@ -19,36 +19,31 @@ from typing import Any
 
 from powersampling.engines.factory import ENGINES, load_engine
 from powersampling.errors import InvalidArgument, PowerSamplingError
+from powersampling.params import SMC_FIELDS
+from powersampling.sampling_flags import Flag, add_sampling_flags, positive_int, sampling_options
 
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be non-negative, got {n}")
-    return n
-
-
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return x
+# The SamplingParams fields `bench quality` offers as flags (each problem's requests are built from
+# them), with its own defaults and help where they differ from `reason`'s.
+BENCH_FIELDS = (
+    "alpha",
+    "mcmc_steps",
+    "block_size",
+    "max_new_tokens",
+    "proposal_temperature",
+    "token_budget",
+    *SMC_FIELDS,
+    "stop",
+)
+BENCH_FLAGS = {
+    "alpha": Flag(help="power of p (low-temp samples at 1/alpha)"),
+    "mcmc_steps": Flag(default=2, help="MH steps per block (power)"),
+    "block_size": Flag(default=None, help="power's block (default: one block)"),
+    "max_new_tokens": Flag(default=None, help="default: the dataset's"),
+    "proposal_temperature": Flag(help="default: 1/alpha"),
+    "token_budget": Flag(help="proposal tokens per answer"),
+    "stop": Flag(default=None, help="stop string (repeatable; default dataset's)"),
+    "seed": Flag(default=0, help="dataset and sampling seed"),
+}
 
 
 def add_bench_command(subparsers: Any) -> None:
@@ -66,30 +61,13 @@ def add_bench_command(subparsers: Any) -> None:
     )
     q.add_argument("--dataset", default="arithmetic", help=f"one of {', '.join(DATASETS)}")
     q.add_argument("--methods", default="greedy,sample,low-temp,power", help="comma-separated method names")
-    q.add_argument("--alpha", type=float, default=4.0, help="power of p (low-temp samples at 1/alpha)")
-    q.add_argument("--mcmc-steps", type=_non_negative_int, default=2, help="MH steps per block (power)")
-    q.add_argument(
-        "--block-size", type=_positive_int, default=None, help="power's block (default: one block)"
-    )
-    q.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: the dataset's")
-    q.add_argument("--proposal-temperature", type=_positive_float, default=None, help="default: 1/alpha")
-    q.add_argument("--token-budget", type=_positive_int, default=None, help="proposal tokens per answer")
-    q.add_argument("--particles", type=_positive_int, default=None, help="particles per sweep (smc)")
-    q.add_argument("--sweeps", type=_positive_int, default=None, help="sweeps, >1 for PIMH (smc)")
-    q.add_argument(
-        "--resample-threshold", type=_positive_float, default=None, help="ESS fraction in (0, 1] (smc)"
-    )
-    q.add_argument("--chunk-size", type=_positive_int, default=None, help="tokens between ESS checks (smc)")
-    q.add_argument("--ramp-tokens", type=_non_negative_int, default=None, help="alpha-ramp length (smc)")
-    q.add_argument(
-        "--stop", action="append", default=None, help="stop string (repeatable; default dataset's)"
-    )
-    q.add_argument("--samples", type=_positive_int, default=4, help="samples per problem (pass@k up to it)")
-    q.add_argument("--size", type=_positive_int, default=None, help="problems generated (dataset default)")
-    q.add_argument("--limit", type=_positive_int, default=None, help="run the first LIMIT problems")
+    add_sampling_flags(q, BENCH_FIELDS, flags=BENCH_FLAGS, checked=True)
+    q.add_argument("--samples", type=positive_int, default=4, help="samples per problem (pass@k up to it)")
+    q.add_argument("--size", type=positive_int, default=None, help="problems generated (dataset default)")
+    q.add_argument("--limit", type=positive_int, default=None, help="run the first LIMIT problems")
     q.add_argument("--tag", default=None, help="only problems with this tag (e.g. hard)")
-    q.add_argument("--seed", type=_non_negative_int, default=0, help="dataset and sampling seed")
-    q.add_argument("--concurrency", type=_positive_int, default=8, help="problems in flight at once")
+    add_sampling_flags(q, ("seed",), flags=BENCH_FLAGS, checked=True)
+    q.add_argument("--concurrency", type=positive_int, default=8, help="problems in flight at once")
     q.add_argument("--engine", default="torch", help=f"one of {', '.join(ENGINES)}")
     q.add_argument("--model", default=None, help="known model name or local folder (default model)")
     q.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
@@ -135,23 +113,9 @@ def run_quality_command(args: argparse.Namespace) -> int:
     if size is None and args.limit is not None and args.limit > default_size(args.dataset):
         size = args.limit  # more problems than the default set: generate that many
     dataset = load_dataset(args.dataset, size=size, seed=args.seed)
-    cfg = BenchConfig(
-        alpha=args.alpha,
-        mcmc_steps=args.mcmc_steps,
-        block_size=args.block_size,
-        max_new_tokens=args.max_new_tokens,
-        proposal_temperature=args.proposal_temperature,
-        token_budget=args.token_budget,
-        samples=args.samples,
-        seed=args.seed,
-        concurrency=args.concurrency,
-        stop=tuple(args.stop) if args.stop else None,
-        particles=args.particles,
-        sweeps=args.sweeps,
-        resample_threshold=args.resample_threshold,
-        chunk_size=args.chunk_size,
-        ramp_tokens=args.ramp_tokens,
-    )
+    options = sampling_options(args, (*BENCH_FIELDS, "seed"))
+    options["stop"] = tuple(args.stop) if args.stop else None
+    cfg = BenchConfig(**options, samples=args.samples, concurrency=args.concurrency)
     out = args.out or Path("runs") / args.dataset
     engine = _open_engine(args.engine, args.model, args.device)
 

@@ -13,20 +13,34 @@ from powersampling.engines.factory import ENGINES, load_engine
 from powersampling.errors import InvalidArgument
 from powersampling.events import BlockFinished, ChainStarted, SamplerEvent, SmcChunkFinished, SmcSweepFinished
 from powersampling.models import DEFAULT_MODEL
-from powersampling.params import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_PARTICLES,
-    DEFAULT_RAMP_TOKENS,
-    DEFAULT_RESAMPLE_THRESHOLD,
-    DEFAULT_SWEEPS,
-    SMC_FIELDS,
-    Method,
-    SamplingParams,
+from powersampling.params import SMC_FIELDS, Method, SamplingParams
+from powersampling.sampling_flags import Flag, add_sampling_flags, sampling_options
+
+# The SamplingParams fields `reason` offers as flags, and where its flags differ from the generated ones.
+REASON_FIELDS = (
+    "method",
+    "alpha",
+    "proposal_temperature",
+    "block_size",
+    "max_new_tokens",
+    "mcmc_steps",
+    *SMC_FIELDS,
+    "token_budget",
+    "seed",
+    "stop",
+    "n",
 )
+_POWER_ONLY = ("block_size", "mcmc_steps")  # left to method smc's refusal when given with it
+_DEFAULTS = SamplingParams()
+REASON_FLAGS = {
+    "block_size": Flag(default=None, help=f"tokens per block (power; default {_DEFAULTS.block_size})"),
+    "mcmc_steps": Flag(default=None, help=f"MCMC steps per block (power; default {_DEFAULTS.mcmc_steps})"),
+    "token_budget": Flag(names=("--budget",)),
+    "n": Flag(names=("-n", "--samples")),
+}
 
 
 def add_reason_command(subparsers: Any) -> None:
-    defaults = SamplingParams()
     p: argparse.ArgumentParser = subparsers.add_parser(
         "reason",
         help="answer a prompt by power sampling (or a baseline)",
@@ -39,54 +53,7 @@ def add_reason_command(subparsers: Any) -> None:
     )
     p.add_argument("--engine", default="torch", choices=ENGINES, help="engine that runs the model")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
-    p.add_argument("--method", default=defaults.method.value, choices=[m.value for m in Method])
-    p.add_argument("--alpha", type=float, default=defaults.alpha, help="power of the target p^alpha")
-    p.add_argument("--proposal-temperature", type=float, default=None, help="default 1/alpha")
-    p.add_argument(
-        "--block-size",
-        type=int,
-        default=None,
-        help=f"tokens per block (power; default {defaults.block_size})",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    p.add_argument(
-        "--mcmc-steps",
-        type=int,
-        default=None,
-        help=f"MCMC steps per block (power; default {defaults.mcmc_steps})",
-    )
-    smc = p.add_argument_group("method smc (Power-SMC)")
-    smc.add_argument(
-        "--particles", type=int, default=None, help=f"particles per sweep (default {DEFAULT_PARTICLES})"
-    )
-    smc.add_argument(
-        "--sweeps",
-        type=int,
-        default=None,
-        help=f"sweeps (default {DEFAULT_SWEEPS}: plain SMC; more: particle independent MH, exact)",
-    )
-    smc.add_argument(
-        "--resample-threshold",
-        type=float,
-        default=None,
-        help=f"resample when ESS < this x particles, in (0, 1] (default {DEFAULT_RESAMPLE_THRESHOLD})",
-    )
-    smc.add_argument(
-        "--chunk-size",
-        type=int,
-        default=None,
-        help=f"tokens between ESS checks (default {DEFAULT_CHUNK_SIZE})",
-    )
-    smc.add_argument(
-        "--ramp-tokens",
-        type=int,
-        default=None,
-        help=f"alpha-ramp length in tokens (default {DEFAULT_RAMP_TOKENS})",
-    )
-    p.add_argument("--budget", type=int, default=None, help="cap on all proposal tokens of the request")
-    p.add_argument("--seed", type=int, default=None, help="random seed (drawn and reported when omitted)")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("-n", "--samples", dest="n", type=int, default=1, help="independent samples")
+    add_sampling_flags(p, REASON_FIELDS, flags=REASON_FLAGS)
     chat = p.add_mutually_exclusive_group()
     chat.add_argument(
         "--chat", dest="chat", action="store_true", default=None, help="force the chat template"
@@ -160,17 +127,8 @@ def run_reason(args: argparse.Namespace) -> int:
     from powersampling.api import make_params
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    params = make_params(
-        method=args.method,
-        alpha=args.alpha,
-        proposal_temperature=args.proposal_temperature,
-        max_new_tokens=args.max_new_tokens,
-        token_budget=args.budget,
-        seed=args.seed,
-        stop=tuple(args.stop),
-        n=args.n,
-        **method_options(args),
-    )
+    shared = [name for name in REASON_FIELDS if name not in (*_POWER_ONLY, *SMC_FIELDS)]
+    params = make_params(**sampling_options(args, shared), **method_options(args))
     engine = load_cli_engine(args.engine, args.model, args.device)
     results = reason(prompt, engine, params, chat=args.chat, on_event=BlockProgress(params))
     if args.json:
@@ -190,10 +148,10 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
     Power sampling's block_size and mcmc_steps keep their defaults when omitted; smc does not use them.
     """
-    given = {name: getattr(args, name) for name in ("block_size", "mcmc_steps", *SMC_FIELDS)}
+    given = sampling_options(args, (*_POWER_ONLY, *SMC_FIELDS))
     given = {name: value for name, value in given.items() if value is not None}
     if args.method == Method.SMC.value:
-        for name in ("block_size", "mcmc_steps"):
+        for name in _POWER_ONLY:
             if name in given:
                 raise InvalidArgument(
                     name, "is not used by method smc (it takes particles, sweeps, chunk_size)"
