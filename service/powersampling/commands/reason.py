@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from powersampling.api import ReasonResult, reason
 from powersampling.engines.base import Engine
@@ -72,54 +72,61 @@ def load_cli_engine(engine: str, model: str, device: str) -> Engine:
 
 
 class BlockProgress:
-    """Prints one line per finished block to stderr (only on a terminal)."""
+    """Progress of a run on a terminal: one line per finished block (power) or chunk and sweep
+    (smc) on stderr, with the tokens spent against the budget and the acceptance so far.
 
-    def __init__(self, params: SamplingParams) -> None:
+    Silent when `stream` (default stderr) is not a terminal or `quiet` is set (``--json``), so
+    nothing extra ever lands in a pipe or a log.
+    """
+
+    def __init__(self, params: SamplingParams, *, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.params = params
-        self.enabled = sys.stderr.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = not quiet and self.stream.isatty()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def _spent(self, tokens_spent: int) -> str:
+        budget = self.params.token_budget
+        return f"spent {tokens_spent}/{budget} tokens" if budget else f"spent {tokens_spent} tokens"
 
     def __call__(self, event: SamplerEvent) -> None:
         if not self.enabled:
             return
         chain = f"chain {event.chain_index} " if self.params.n > 1 else ""
         if isinstance(event, SmcChunkFinished):
-            print(
+            self._print(
                 f"  {chain}sweep {event.sweep_index + 1}/{event.num_sweeps} chunk {event.chunk_index + 1}: "
                 f"{len(event.leader_token_ids)} tokens, ESS {event.ess:.2f}"
                 + (" (resampled)" if event.resampled else "")
                 + f", {event.particles_alive} alive, {event.unique_ancestors} ancestors, "
-                f"spent {event.tokens_spent}",
-                file=sys.stderr,
-                flush=True,
+                + self._spent(event.tokens_spent)
             )
-            return
-        if isinstance(event, SmcSweepFinished):
+        elif isinstance(event, SmcSweepFinished):
             verdict = "kept" if event.accepted else "rejected"
-            print(
+            state = event.state
+            acceptance = f", acceptance {state.acceptance_rate:.2f}" if state.pimh_steps else ""
+            self._print(
                 f"  {chain}sweep {event.sweep_index + 1}/{event.num_sweeps}: "
-                f"log Z-hat {event.log_z_hat:.3f}, answer {verdict}",
-                file=sys.stderr,
-                flush=True,
+                f"log Z-hat {event.log_z_hat:.3f}, answer {verdict}{acceptance}, "
+                + self._spent(state.tokens_spent)
             )
-            return
-        if isinstance(event, ChainStarted) and event.chain_index == 0:
+        elif isinstance(event, ChainStarted) and event.chain_index == 0:
             if self.params.method is Method.SMC:
-                print(
-                    f"sampling: {self.params.effective_particles} particles x {self.params.effective_sweeps} "
-                    f"sweep(s), seed {self.params.seed}",
-                    file=sys.stderr,
+                self._print(
+                    f"sampling: {self.params.effective_particles} particles x "
+                    f"{self.params.effective_sweeps} sweep(s), seed {self.params.seed}"
                 )
             else:
-                print(f"sampling: {event.num_blocks} block(s), seed {self.params.seed}", file=sys.stderr)
-        if isinstance(event, BlockFinished):
+                self._print(f"sampling: {event.num_blocks} block(s), seed {self.params.seed}")
+        elif isinstance(event, BlockFinished):
             s = event.state
-            budget = f"/{self.params.token_budget}" if self.params.token_budget else ""
-            print(
+            self._print(
                 f"  {chain}block {event.block_index + 1}/{event.num_blocks}: {len(s.token_ids)} tokens, "
-                f"{s.mcmc_steps} steps, acceptance {s.acceptance_rate:.2f}, spent {s.tokens_spent}{budget}"
-                + (" (earlier text revised)" if event.revised else ""),
-                file=sys.stderr,
-                flush=True,
+                f"{s.mcmc_steps} steps, acceptance {s.acceptance_rate:.2f}, "
+                + self._spent(s.tokens_spent)
+                + (" (earlier text revised)" if event.revised else "")
             )
 
 
@@ -130,7 +137,8 @@ def run_reason(args: argparse.Namespace) -> int:
     shared = [name for name in REASON_FIELDS if name not in (*_POWER_ONLY, *SMC_FIELDS)]
     params = make_params(**sampling_options(args, shared), **method_options(args))
     engine = load_cli_engine(args.engine, args.model, args.device)
-    results = reason(prompt, engine, params, chat=args.chat, on_event=BlockProgress(params))
+    progress = BlockProgress(params, quiet=args.json)
+    results = reason(prompt, engine, params, chat=args.chat, on_event=progress)
     if args.json:
         print(json.dumps(result_json(results), ensure_ascii=False))
     else:
@@ -138,7 +146,7 @@ def run_reason(args: argparse.Namespace) -> int:
             if len(results) > 1:
                 print(f"--- sample {i}")
             print(r.text)
-        if sys.stderr.isatty():
+        if progress.enabled:
             print(summary_line(results[0]), file=sys.stderr)
     return 0
 
