@@ -1,7 +1,8 @@
 """The samplers of p^alpha: pure algorithms, driven through an engine; no I/O of their own."""
 
-from powersampling.sampler.base import ChainOutcome, Sampler, chain_seed, make_sampler
+from powersampling.sampler.base import ChainOutcome, Sampler, chain_seed
 from powersampling.sampler.budget import BudgetPlan
+from powersampling.sampler.factory import make_sampler
 from powersampling.sampler.mh import PowerSampler, hastings_length_term, log_acceptance_ratio
 from powersampling.sampler.smc import SmcPlan, SmcSampler
 

@@ -1,4 +1,4 @@
-"""The sampler seam: one interface for every sampler of p^alpha, chosen by method.
+"""The sampler seam: one interface for every sampler of p^alpha (`make_sampler` picks one by method).
 
 A sampler owns its plan, its checkpoint shape and its statistics. The API, the cache and telemetry
 talk to "a sampler" through this interface: run the request's chains (optionally resuming from
@@ -17,7 +17,7 @@ import numpy as np
 from powersampling.engines.base import Engine, ExtendRequest, Extension
 from powersampling.errors import EngineError
 from powersampling.events import Checkpoint, EventSink, SamplerEvent
-from powersampling.params import Method, SamplingParams
+from powersampling.params import SamplingParams
 from powersampling.results import SmcStats, StepRates
 from powersampling.stops import StopMatcher
 
@@ -123,21 +123,3 @@ class Sampler(abc.ABC):
     @abc.abstractmethod
     def resume_position(self, state: Checkpoint) -> int:
         """Where a chain resumed from `state` starts (blocks, or chunk slots for SMC); 0 = from scratch."""
-
-
-def make_sampler(
-    engine: Engine,
-    prompt_ids: Sequence[int],
-    params: SamplingParams,
-    *,
-    on_event: EventSink | None = None,
-) -> Sampler:
-    """The sampler of `params.method` (Power-SMC for smc; block-wise MH, which also runs the plain
-    baselines as single blocks without MCMC steps, for the others)."""
-    if params.method is Method.SMC:
-        from powersampling.sampler.smc import SmcSampler
-
-        return SmcSampler(engine, prompt_ids, params, on_event=on_event)
-    from powersampling.sampler.mh import PowerSampler
-
-    return PowerSampler(engine, prompt_ids, params, on_event=on_event)
