@@ -16,6 +16,7 @@ from typing import Any
 
 from powersampling.bench.metrics import Interval, accuracy, multiplier, paired_difference, pass_at_k
 from powersampling.bench.records import load_records
+from powersampling.errors import InvalidArgument
 from powersampling.results import rate
 
 BASELINE = "sample"
@@ -383,8 +384,6 @@ def rebuild_report(out_dir: Path, *, plots: bool = True) -> dict[str, Any]:
     """Recompute the summary of a folder from its run.json and result files."""
     path = out_dir / "run.json"
     if not path.exists():
-        from powersampling.errors import InvalidArgument
-
         raise InvalidArgument("out", f"{out_dir} holds no run.json (not a benchmark folder)")
     return write_report(out_dir, json.loads(path.read_text()), plots=plots)
 

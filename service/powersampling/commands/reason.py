@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from powersampling.api import ReasonResult, reason
+from powersampling.api import ReasonResult, make_params, reason
 from powersampling.engines.base import Engine
 from powersampling.engines.factory import ENGINES, load_engine
 from powersampling.errors import InvalidArgument
@@ -131,8 +131,6 @@ class BlockProgress:
 
 
 def run_reason(args: argparse.Namespace) -> int:
-    from powersampling.api import make_params
-
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     shared = [name for name in REASON_FIELDS if name not in (*_POWER_ONLY, *SMC_FIELDS)]
     params = make_params(**sampling_options(args, shared), **method_options(args))
