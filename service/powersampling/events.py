@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from powersampling.results import StepRates, rate
+from powersampling.results import StepRates
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class SmcParticle:
 
 
 @dataclass(frozen=True, slots=True)
-class SmcState:
+class SmcState(StepRates):
     """Everything a Power-SMC chain needs to continue exactly after chunk `chunks_done` of sweep
     `sweep_index` (the particle set after that chunk's resampling decision), plus the particle
     independent MH answer so far. Between sweeps `particles` is empty and `chunks_done` is 0.
@@ -87,20 +87,19 @@ class SmcState:
     def finish_reason(self) -> str | None:
         return self.answer_finish_reason
 
+    # Its MCMC steps (for StepRates) are particle independent MH steps: every sweep after the first.
+
     @property
-    def pimh_steps(self) -> int:
-        """Particle independent MH steps so far: every sweep after the first."""
+    def mcmc_steps(self) -> int:
         return max(0, self.sweeps_done - 1)
 
     @property
-    def acceptance_rate(self) -> float:
-        """Accepted / proposed PIMH steps (0 when none)."""
-        return rate(self.accepted_sweeps, self.pimh_steps)
+    def accepted_steps(self) -> int:
+        return self.accepted_sweeps
 
     @property
-    def change_rate(self) -> float:
-        """PIMH steps that changed the answer / proposed steps (0 when none)."""
-        return rate(self.changed_sweeps, self.pimh_steps)
+    def changed_steps(self) -> int:
+        return self.changed_sweeps
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,7 @@ class BlockProgress:
         elif isinstance(event, SmcSweepFinished):
             verdict = "kept" if event.accepted else "rejected"
             state = event.state
-            acceptance = f", acceptance {state.acceptance_rate:.2f}" if state.pimh_steps else ""
+            acceptance = f", acceptance {state.acceptance_rate:.2f}" if state.mcmc_steps else ""
             self._print(
                 f"  {chain}sweep {event.sweep_index + 1}/{event.num_sweeps}: "
                 f"log Z-hat {event.log_z_hat:.3f}, answer {verdict}{acceptance}, "

@@ -143,7 +143,7 @@ def smc_progress_event(
     (the chain's kept answer). block_index counts chunk slots over all sweeps, like Started.num_blocks."""
     state = event.state
     chunks = smc_chunks_per_sweep(params)
-    steps = state.pimh_steps
+    steps = state.mcmc_steps  # PIMH steps: every sweep after the first
     progress = pb.Progress(
         chain_index=event.chain_index,
         num_blocks=event.num_sweeps * chunks,

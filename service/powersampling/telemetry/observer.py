@@ -23,7 +23,7 @@ from powersampling.events import (
     SmcSweepFinished,
 )
 from powersampling.params import Method, SamplingParams
-from powersampling.results import CacheStatus, ReasonResult, rate
+from powersampling.results import CacheStatus, ReasonResult, StepRates, rate
 from powersampling.telemetry.instruments import Instruments
 
 # Span names.
@@ -440,10 +440,10 @@ class OtelRequestObserver:
         self._end_sweeps()
         span = self._span
         attributes: dict[str, Any] = {
-            "powersampling.steps_taken": summary.steps,
-            "powersampling.steps_accepted": summary.accepted,
-            "powersampling.steps_changed": summary.changed,
-            "powersampling.steps_skipped": summary.skipped,
+            "powersampling.steps_taken": summary.mcmc_steps,
+            "powersampling.steps_accepted": summary.accepted_steps,
+            "powersampling.steps_changed": summary.changed_steps,
+            "powersampling.steps_skipped": summary.skipped_steps,
             "powersampling.acceptance_rate": summary.acceptance_rate,
             "powersampling.change_rate": summary.change_rate,
             "powersampling.tokens_proposed": summary.tokens_proposed,
@@ -517,29 +517,21 @@ class OtelRequestObserver:
             t.tokens_proposed.add(summary.tokens_proposed, base)
         if summary.tokens_kept:
             t.tokens_kept.add(summary.tokens_kept, base)
-        if error is None and summary.steps:
+        if error is None and summary.mcmc_steps:
             t.acceptance_rate.record(summary.acceptance_rate, base, ctx)
         if error is None and summary.budget_utilisation is not None:
             t.budget_utilisation.record(summary.budget_utilisation, base, ctx)
 
 
 @dataclass(frozen=True, slots=True)
-class _Summary:
-    steps: int
-    accepted: int
-    changed: int
-    skipped: int
+class _Summary(StepRates):
+    mcmc_steps: int
+    accepted_steps: int
+    changed_steps: int
+    skipped_steps: int
     tokens_proposed: int
     tokens_kept: int | None
     budget_utilisation: float | None
-
-    @property
-    def acceptance_rate(self) -> float:
-        return rate(self.accepted, self.steps)
-
-    @property
-    def change_rate(self) -> float:
-        return rate(self.changed, self.steps)
 
 
 def _summarise(results: Sequence[ReasonResult] | None, totals: _Totals, params: SamplingParams) -> _Summary:
