@@ -18,6 +18,7 @@ from typing import Any
 from powersampling.params import SMC_FIELDS, Method, SamplingParams
 
 SMC_GROUP = "method smc (Power-SMC)"
+SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))  # in declaration order
 _FIELD_DEFAULT: Any = object()  # marks "the field's own default"
 
 
@@ -129,6 +130,7 @@ def _checked_type(kind: Any, low: float | None) -> Callable[[str], Any]:
 
 
 __all__ = [
+    "SAMPLING_FIELDS",
     "SMC_GROUP",
     "Flag",
     "add_sampling_flags",

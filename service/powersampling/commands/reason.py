@@ -14,24 +14,11 @@ from powersampling.errors import InvalidArgument
 from powersampling.events import BlockFinished, ChainStarted, SamplerEvent, SmcChunkFinished, SmcSweepFinished
 from powersampling.models import DEFAULT_MODEL
 from powersampling.params import SMC_FIELDS, Method, SamplingParams
-from powersampling.sampling_flags import Flag, add_sampling_flags, sampling_options
+from powersampling.sampling_flags import SAMPLING_FIELDS, Flag, add_sampling_flags, sampling_options
 
-# The SamplingParams fields `reason` offers as flags, and where its flags differ from the generated ones.
-REASON_FIELDS = (
-    "method",
-    "alpha",
-    "proposal_temperature",
-    "block_size",
-    "max_new_tokens",
-    "mcmc_steps",
-    *SMC_FIELDS,
-    "token_budget",
-    "seed",
-    "stop",
-    "n",
-)
 _POWER_ONLY = ("block_size", "mcmc_steps")  # left to method smc's refusal when given with it
 _DEFAULTS = SamplingParams()
+# `reason` offers every SamplingParams field as a flag; where its flags differ from the generated ones:
 REASON_FLAGS = {
     "block_size": Flag(default=None, help=f"tokens per block (power; default {_DEFAULTS.block_size})"),
     "mcmc_steps": Flag(default=None, help=f"MCMC steps per block (power; default {_DEFAULTS.mcmc_steps})"),
@@ -53,7 +40,7 @@ def add_reason_command(subparsers: Any) -> None:
     )
     p.add_argument("--engine", default="torch", choices=ENGINES, help="engine that runs the model")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
-    add_sampling_flags(p, REASON_FIELDS, flags=REASON_FLAGS)
+    add_sampling_flags(p, SAMPLING_FIELDS, flags=REASON_FLAGS)
     chat = p.add_mutually_exclusive_group()
     chat.add_argument(
         "--chat", dest="chat", action="store_true", default=None, help="force the chat template"
@@ -132,7 +119,7 @@ class BlockProgress:
 
 def run_reason(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    shared = [name for name in REASON_FIELDS if name not in (*_POWER_ONLY, *SMC_FIELDS)]
+    shared = [name for name in SAMPLING_FIELDS if name not in (*_POWER_ONLY, *SMC_FIELDS)]
     params = make_params(**sampling_options(args, shared), **method_options(args))
     engine = load_cli_engine(args.engine, args.model, args.device)
     progress = BlockProgress(params, quiet=args.json)
