@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class CachePolicy(enum.StrEnum):
@@ -36,9 +36,17 @@ class StepRates:
     `changed_steps` (a mix-in for frozen dataclasses: it adds no fields)."""
 
     __slots__ = ()
-    mcmc_steps: int
-    accepted_steps: int
-    changed_steps: int
+
+    if TYPE_CHECKING:  # what the class mixed into provides, as fields or properties
+
+        @property
+        def mcmc_steps(self) -> int: ...
+
+        @property
+        def accepted_steps(self) -> int: ...
+
+        @property
+        def changed_steps(self) -> int: ...
 
     @property
     def acceptance_rate(self) -> float:
