@@ -14,16 +14,23 @@ import concurrent.futures
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from powersampling.errors import EngineError, InvalidArgument
 
 
 class ChatMessage(TypedDict):
-    role: Literal["system", "user", "assistant"] | str
+    role: Literal["system", "user", "assistant", "tool"] | str
     content: str
+    # An assistant turn's tool calls, as chat templates take them: [{"type": "function", "function":
+    # {"name": ..., "arguments": {...}}}]. Only with tools.
+    tool_calls: NotRequired[list[dict[str, Any]]]
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+TOOL_ROLE = "tool"  # a tool's result: only in a conversation that has tools
 
 
 Prompt = str | Sequence[ChatMessage] | Sequence[int]
@@ -85,12 +92,22 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def detokenize(self, token_ids: Sequence[int]) -> str: ...
 
-    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of `messages` with the model's chat template and the assistant turn opened."""
+    def apply_chat_template(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()
+    ) -> list[int]:
+        """Token ids of `messages` with the model's chat template and the assistant turn opened.
+
+        `tools` (OpenAI-style function definitions) are rendered by the template when it supports them.
+        """
         raise InvalidArgument("messages", f"model {self.info.model!r} has no chat template")
 
     @property
     def has_chat_template(self) -> bool:
+        return False
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders tool definitions and tool calls."""
         return False
 
     @property
@@ -103,12 +120,23 @@ class Engine(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook: nothing to release by default
         """Release the model and worker threads or processes."""
 
-    def encode_prompt(self, prompt: Prompt, *, chat: bool | None = None) -> list[int]:
+    def encode_prompt(
+        self, prompt: Prompt, *, chat: bool | None = None, tools: Sequence[Mapping[str, Any]] = ()
+    ) -> list[int]:
         """Token ids for a text prompt, chat messages or token ids.
 
         Text goes through the chat template as one user turn when the model has one, unless
-        chat=False; chat=True on a model without a template is an error.
+        chat=False; chat=True on a model without a template is an error. `tools` (function
+        definitions) need chat messages and a template that supports tools; with them, messages may
+        also be tool results (role "tool") and assistant turns may carry `tool_calls`.
         """
+        if tools and (isinstance(prompt, str) or not self.supports_tools):
+            raise InvalidArgument(
+                "tools",
+                f"model {self.info.model!r} has no tool support in its chat template"
+                if not self.supports_tools
+                else "tools need chat messages",
+            )
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise InvalidArgument("prompt", "must not be empty")
@@ -135,14 +163,17 @@ class Engine(abc.ABC):
                 or not isinstance(m.get("role"), str)
             ):
                 raise InvalidArgument(f"messages[{i}]", "each message needs a string 'role' and 'content'")
-            if m["role"] not in ("system", "user", "assistant"):
+            if m["role"] not in CHAT_ROLES and not (tools and m["role"] == TOOL_ROLE):
                 raise InvalidArgument(f"messages[{i}].role", f"unknown role {m['role']!r}")
-            messages.append({"role": m["role"], "content": m["content"]})
-        if not any(m["content"].strip() for m in messages):
+            message: ChatMessage = {"role": m["role"], "content": m["content"]}
+            if tools and m.get("tool_calls"):
+                message["tool_calls"] = list(m["tool_calls"])
+            messages.append(message)
+        if not any(m["content"].strip() or m.get("tool_calls") for m in messages):
             raise InvalidArgument("messages", "all messages are empty")
         if chat is False:
             raise InvalidArgument("messages", "chat messages need the chat template (chat=False given)")
-        return self.apply_chat_template(messages)
+        return self.apply_chat_template(messages, tools) if tools else self.apply_chat_template(messages)
 
     @property
     @abc.abstractmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from powersampling.engines.base import BatchingEngine, ChatMessage, EngineInfo, ExtendRequest, Extension
+from powersampling.engines.hf_tokenizer import chat_template_ids, template_supports_tools
 from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument
 from powersampling.models import fingerprint_folder, fingerprint_state_dict
 
@@ -228,15 +229,16 @@ class TorchEngine(BatchingEngine):
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
+    @property
+    def supports_tools(self) -> bool:
+        return template_supports_tools(self.tokenizer)
+
+    def apply_chat_template(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()
+    ) -> list[int]:
         """Token ids of `messages` with the model's chat template, the assistant turn opened."""
-        if not self.has_chat_template:
-            raise InvalidArgument("messages", f"model {self._info.model!r} has no chat template")
         with self._tokenizer_lock:
-            ids = self.tokenizer.apply_chat_template(
-                [dict(m) for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        return [int(t) for t in ids]
+            return chat_template_ids(self.tokenizer, messages, tools, model_name=self._info.model)
 
     # ------------------------------------------------------------------ generation
 

@@ -14,7 +14,6 @@ request is admitted.
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from dataclasses import dataclass
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -22,12 +21,16 @@ from google.protobuf.message import DecodeError
 
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.cache.base import CachePolicy
-from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.base import ChatMessage, Prompt
 from powersampling.errors import InvalidArgument
 from powersampling.params import Method, SamplingParams
-from powersampling.server.errors import PermissionDenied
-from powersampling.server.limits import WorkLimits, check_work
+from powersampling.serving.request import (
+    RequestLimits,
+    ValidRequest,
+    check_chars,
+    check_limits,
+    resolve_tenant,
+)
 
 METHODS: dict[int, Method] = {
     pb.METHOD_POWER: Method.POWER,
@@ -60,27 +63,6 @@ class MalformedRequest:
 
     field: str
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """The server's bounds on one request."""
-
-    max_samples_per_request: int
-    max_prompt_chars: int
-    max_context_tokens: int
-    work: WorkLimits | None = None  # the operator's caps on the request's work; None: none
-
-
-@dataclass(frozen=True, slots=True)
-class ValidRequest:
-    """A request that passed every check the server can make without the tokenizer."""
-
-    prompt: Prompt
-    params: SamplingParams  # unseeded when the request had no seed (the run draws one)
-    chat: bool | None
-    cache_policy: CachePolicy
-    tenant: str
 
 
 def decode_reason_request(data: bytes) -> pb.ReasonRequest | MalformedRequest:
@@ -126,23 +108,14 @@ def validate_reason_request(
         raise InvalidArgument("cache_policy", f"unknown value {request.cache_policy}")
     options = {name: getattr(request, name) for name in _OPTIONAL_PARAMS if request.HasField(name)}
     params = dataclasses.replace(defaults, method=method, stop=tuple(request.stop), **options)
-    if params.n > limits.max_samples_per_request:
-        raise InvalidArgument(
-            "n", f"at most {limits.max_samples_per_request} samples per request, got {params.n}"
-        )
-    if params.block_size > limits.max_context_tokens:
-        raise InvalidArgument(
-            "block_size",
-            f"{params.block_size} exceeds the model's whole context ({limits.max_context_tokens} tokens)",
-        )
-    if limits.work is not None:
-        check_work(params, limits.work)
+    check_limits(params, limits)
     return ValidRequest(
         prompt=prompt,
         params=params,
         chat=request.chat if request.HasField("chat") else None,
         cache_policy=cache_policy,
-        tenant=_tenant(request.tenant, bound_tenant),
+        tenant=resolve_tenant(request.tenant, bound_tenant),
+        prompt_field=request.WhichOneof("prompt") or "prompt",
     )
 
 
@@ -153,13 +126,13 @@ def _prompt(request: pb.ReasonRequest, limits: RequestLimits) -> Prompt:
     if kind == "text":
         if not request.text.strip():
             raise InvalidArgument("text", "must not be empty")
-        _check_chars("text", len(request.text), limits)
+        check_chars("text", len(request.text), limits)
         return request.text
     if kind == "messages":
         items = request.messages.messages
         if not items:
             raise InvalidArgument("messages", "must hold at least one message")
-        _check_chars("messages", sum(len(m.content) + len(m.role) for m in items), limits)
+        check_chars("messages", sum(len(m.content) + len(m.role) for m in items), limits)
         messages: list[ChatMessage] = [{"role": m.role, "content": m.content} for m in items]
         return messages
     ids = list(request.token_ids.ids)
@@ -172,13 +145,6 @@ def _prompt(request: pb.ReasonRequest, limits: RequestLimits) -> Prompt:
     return ids
 
 
-def _check_chars(field: str, chars: int, limits: RequestLimits) -> None:
-    if chars > limits.max_prompt_chars:
-        raise InvalidArgument(
-            field, f"{chars} characters exceed the server's limit of {limits.max_prompt_chars}"
-        )
-
-
 def _method(value: int, defaults: SamplingParams) -> Method:
     if value == pb.METHOD_UNSPECIFIED:
         return defaults.method
@@ -187,23 +153,6 @@ def _method(value: int, defaults: SamplingParams) -> Method:
         known = ", ".join(pb.Method.Name(v) for v in METHODS)
         raise InvalidArgument("method", f"unknown value {value}; use one of {known}")
     return method
-
-
-def _tenant(requested: str, bound: str | None) -> str:
-    if bound is not None:
-        if requested and requested != bound:
-            if not bound:  # e.g. the shared token beside tenant tokens
-                raise PermissionDenied(
-                    "tenant",
-                    'these credentials may use only the default tenant ""; use a token bound to the tenant',
-                )
-            raise PermissionDenied("tenant", "differs from the tenant of the caller's credentials")
-        return bound
-    if len(requested) > MAX_TENANT_LENGTH:
-        raise InvalidArgument("tenant", f"at most {MAX_TENANT_LENGTH} characters, got {len(requested)}")
-    if any(unicodedata.category(c).startswith("C") for c in requested):
-        raise InvalidArgument("tenant", "must not contain control or unassigned characters")
-    return requested
 
 
 # --- Locating invalid UTF-8 in raw protobuf bytes --------------------------------------------------
