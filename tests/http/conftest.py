@@ -29,3 +29,17 @@ def start_http() -> Iterator[Callable[..., ServerThread]]:
 @pytest.fixture
 def http_server(start_http: Callable[..., ServerThread]) -> ServerThread:
     return start_http()
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[ServerThread]:
+    """One server for a module's many small requests (the bad-input table)."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("POWERSAMPLING_")}
+    server = ServerThread()
+    try:
+        yield server
+    finally:
+        server.stop()
+        os.environ.update(saved)
