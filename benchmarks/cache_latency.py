@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+# The server subprocess and this process read each other's values: they need the same cache secret.
+CACHE_SECRET = "cache-latency-benchmark-secret"
 TOKEN_TEXT = ["the ", "and ", "of, ", "to. ", "is ", "in ", "it ", "for ", "on ", "at ", "by ", "as "]
 
 
@@ -63,7 +65,10 @@ async def serve_forever(redis_url: str) -> None:
 
     config = ServerConfig(host="127.0.0.1", port=0, engine="toy", reflection=False)
     running = await serve(
-        config, engine=toy_engine(), cache=RedisChainCache.from_url(redis_url), telemetry=NoTelemetry()
+        config,
+        engine=toy_engine(),
+        cache=RedisChainCache.from_url(redis_url, secret=CACHE_SECRET),
+        telemetry=NoTelemetry(),
     )
     await running.wait_ready(60.0)
     print(f"PORT {running.port}", flush=True)
@@ -138,19 +143,19 @@ def grpc_hits(port: int, args: argparse.Namespace) -> tuple[float, list[float]]:
 
 async def redis_figures(redis_url: str, args: argparse.Namespace) -> None:
     from powersampling.cache.base import CacheKey
-    from powersampling.cache.redis_cache import RedisChainCache, RedisKeys
+    from powersampling.cache.redis_cache import KEY_PREFIX, RedisChainCache, RedisKeys
     from powersampling.events import ChainState
     from redis.asyncio import Redis
 
     r = Redis.from_url(redis_url)
-    (done_key,) = [k async for k in r.scan_iter("powersampling:v1:*:done")]
+    (done_key,) = [k async for k in r.scan_iter(f"{KEY_PREFIX}:*:done")]
     done_bytes = await r.memory_usage(done_key, samples=0)
     value_bytes = await r.strlen(done_key)
 
     # The bare read behind a hit, without gRPC: the same entry through RedisChainCache.
     digest = done_key.decode().split("{")[1].split("}")[0]
     tenant_key = CacheKey("bench", digest)
-    cache = RedisChainCache.from_url(redis_url)
+    cache = RedisChainCache.from_url(redis_url, secret=CACHE_SECRET)
     assert await cache.get_completed(tenant_key) is not None
     reads = []
     for _ in range(args.requests):

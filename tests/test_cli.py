@@ -34,6 +34,16 @@ from tests.server.support import (  # noqa: F401
         (["serve", "--auth-tokens", "[1]"], "auth_tokens: must be a JSON object"),
         (["serve", "--default-token-budget", "5"], "default_token_budget: 5 is below max_new_tokens"),
         (["serve", "--log-level", "LOUD"], "log_level: invalid choice"),
+        (
+            ["serve", "--default-particles", "0"],
+            "default_particles: Input should be greater than or equal to 1",
+        ),
+        (["serve", "--default-sweeps", "65"], "default_sweeps: Input should be less than or equal to 64"),
+        (
+            ["serve", "--default-resample-threshold", "1.5"],
+            "default_resample_threshold: Input should be less",
+        ),
+        (["serve", "--default-chunk-size", "0"], "default_chunk_size: Input should be greater than or equal"),
         (["serve", "--no-such-flag"], "--no-such-flag: unrecognized argument"),
         (["bogus"], "command: invalid choice"),
         ([], "command: required"),

@@ -91,3 +91,73 @@ def test_bad_prompts_and_options(prompt, kwargs: dict, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         reason(prompt, toy(), max_new_tokens=kwargs.pop("max_new_tokens", 4), **kwargs)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"particles": 0}, "particles"),
+        ({"particles": 10**6}, "particles"),
+        ({"particles": 2.0}, "particles"),
+        ({"sweeps": 0}, "sweeps"),
+        ({"sweeps": 65}, "sweeps"),
+        ({"resample_threshold": 0.0}, "resample_threshold"),
+        ({"resample_threshold": 1.5}, "resample_threshold"),
+        ({"resample_threshold": -0.1}, "resample_threshold"),
+        ({"resample_threshold": math.nan}, "resample_threshold"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": 10**9}, "chunk_size"),
+        ({"ramp_tokens": -1}, "ramp_tokens"),
+        ({"ramp_tokens": True}, "ramp_tokens"),
+    ],
+)
+def test_invalid_smc_values_name_their_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        SamplingParams(method="smc", **kwargs)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("field", ["particles", "sweeps", "resample_threshold", "chunk_size", "ramp_tokens"])
+@pytest.mark.parametrize("method", ["power", "sample", "low-temp", "greedy"])
+def test_smc_fields_on_another_method_are_refused(field: str, method: str) -> None:
+    value = 0.5 if field == "resample_threshold" else 1
+    with pytest.raises(InvalidArgument) as info:
+        SamplingParams(method=method, **{field: value})
+    assert info.value.field == field
+    assert str(info.value) == f"{field}: applies to method smc only"
+
+
+def test_smc_defaults_and_effective_values() -> None:
+    p = SamplingParams(method="smc")
+    assert p.particles is None and p.sweeps is None
+    assert (
+        p.effective_particles,
+        p.effective_sweeps,
+        p.effective_resample_threshold,
+        p.effective_chunk_size,
+        p.effective_ramp_tokens,
+    ) == (16, 1, 0.5, 32, 0)
+    assert p.temperature == 0.25 and p.effective_mcmc_steps == 0
+    q = SamplingParams(
+        method="smc", particles=8, sweeps=3, resample_threshold=1.0, chunk_size=4, ramp_tokens=10
+    )
+    assert (
+        q.effective_particles,
+        q.effective_sweeps,
+        q.effective_resample_threshold,
+        q.effective_chunk_size,
+        q.effective_ramp_tokens,
+    ) == (8, 3, 1.0, 4, 10)
+    assert SamplingParams(method="smc", chunk_size=500, max_new_tokens=100).effective_chunk_size == 100
+
+
+def test_to_dict_keys_smc_fields_by_their_values_in_force() -> None:
+    implicit = SamplingParams(method="smc").to_dict()
+    explicit = SamplingParams(method="smc", particles=16, sweeps=1, chunk_size=32).to_dict()
+    assert implicit == explicit
+    assert implicit["particles"] == 16 and implicit["ramp_tokens"] == 0
+    assert SamplingParams(method="smc", particles=8).to_dict() != implicit
+    # The other methods' dicts (and so their cache keys) carry no SMC fields.
+    assert "particles" not in SamplingParams().to_dict()
+    assert SamplingParams(method="smc", particles=8).to_dict()["method"] == "smc"

@@ -8,6 +8,7 @@ results = reason("...", engine, method="power", alpha=4.0, seed=0)
 from powersampling.api import ReasonResult, make_params, reason, reason_async
 from powersampling.errors import EngineError, InvalidArgument, PowerSamplingError, UnknownModel
 from powersampling.params import Method, SamplingParams
+from powersampling.results import SmcStats
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "PowerSamplingError",
     "ReasonResult",
     "SamplingParams",
+    "SmcStats",
     "UnknownModel",
     "__version__",
     "make_params",

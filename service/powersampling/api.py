@@ -6,48 +6,14 @@ import asyncio
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from powersampling.engines.base import Engine, Prompt
 from powersampling.errors import InvalidArgument
-from powersampling.events import ChainState, EventSink
+from powersampling.events import Checkpoint, EventSink
 from powersampling.params import Method, SamplingParams
-from powersampling.sampler import PowerSampler
-
-
-@dataclass(frozen=True, slots=True)
-class ReasonResult:
-    """One sample's answer and what it cost."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "eos", "stop" or "length"
-    tokens_spent: int  # proposal tokens: initial extensions plus every MCMC proposal
-    token_budget: int | None
-    mcmc_steps: int
-    accepted_steps: int
-    changed_steps: int
-    skipped_steps: int  # steps that did not fit the token budget
-    acceptance_rate: float  # accepted / proposed MCMC steps (0 when none)
-    change_rate: float  # steps that changed the sequence / proposed steps
-    log_prob: float  # log p(x | prompt) at temperature 1
-    latency_s: float
-    model: str
-    engine: str
-    method: str
-    alpha: float
-    proposal_temperature: float
-    seed: int  # the request's seed (drawn when none was given): re-send it to reproduce
-    chain_index: int
-    prompt_tokens: int
-    resumed_from_block: int
-
-    def to_dict(self, *, with_token_ids: bool = True) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_token_ids:
-            del d["token_ids"]
-        return d
+from powersampling.results import ReasonResult, SmcStats
+from powersampling.sampler import make_sampler
 
 
 def make_params(params: SamplingParams | None = None, **options: Any) -> SamplingParams:
@@ -99,14 +65,15 @@ async def reason_async(
     *,
     chat: bool | None = None,
     on_event: EventSink | None = None,
-    resume: Mapping[int, ChainState] | None = None,
+    resume: Mapping[int, Checkpoint] | None = None,
     **options: Any,
 ) -> list[ReasonResult]:
     """Answer `prompt` with `n` samples (options as in SamplingParams; `budget` = `token_budget`).
 
     `prompt` is text, chat messages ({"role", "content"} dicts) or token ids. Text goes through the
     model's chat template when it has one (chat=False sends it raw). `on_event` receives every sampler
-    event; `resume` continues chains from checkpoints (as carried by BlockFinished events).
+    event; `resume` continues chains from checkpoints (as carried by BlockFinished events for MH and
+    SmcChunkFinished / SmcSweepFinished events for smc).
     """
     started = time.perf_counter()
     params = make_params(params, **options)
@@ -120,7 +87,7 @@ async def reason_ids(
     params: SamplingParams,
     *,
     on_event: EventSink | None = None,
-    resume: Mapping[int, ChainState] | None = None,
+    resume: Mapping[int, Checkpoint] | None = None,
     started: float | None = None,
 ) -> list[ReasonResult]:
     """`reason_async` below the text level: `prompt_ids` already encoded and checked against the
@@ -134,7 +101,7 @@ async def reason_ids(
     if params.seed is None:
         raise InvalidArgument("seed", "reason_ids takes seeded params (see make_params)")
     prompt_ids = list(prompt_ids)
-    sampler = PowerSampler(engine, prompt_ids, params, on_event=on_event)
+    sampler = make_sampler(engine, prompt_ids, params, on_event=on_event)
     states = await sampler.run(resume=resume)
     latency_s = time.perf_counter() - started
     info = engine.info
@@ -142,21 +109,22 @@ async def reason_ids(
     resume = resume or {}
     results = []
     for state in states:
-        steps = state.mcmc_steps
+        o = sampler.outcome(state)
+        steps = o.mcmc_steps
         results.append(
             ReasonResult(
-                text=sampler.text(state),
-                token_ids=list(state.token_ids),
-                finish_reason=sampler.finish_reason(state),
-                tokens_spent=state.tokens_spent,
+                text=o.text,
+                token_ids=list(o.token_ids),
+                finish_reason=o.finish_reason,
+                tokens_spent=o.tokens_spent,
                 token_budget=params.token_budget,
                 mcmc_steps=steps,
-                accepted_steps=state.accepted_steps,
-                changed_steps=state.changed_steps,
-                skipped_steps=state.skipped_steps,
-                acceptance_rate=state.accepted_steps / steps if steps else 0.0,
-                change_rate=state.changed_steps / steps if steps else 0.0,
-                log_prob=float(sum(state.logp)),
+                accepted_steps=o.accepted_steps,
+                changed_steps=o.changed_steps,
+                skipped_steps=o.skipped_steps,
+                acceptance_rate=o.accepted_steps / steps if steps else 0.0,
+                change_rate=o.changed_steps / steps if steps else 0.0,
+                log_prob=o.log_prob,
                 latency_s=latency_s,
                 model=info.model,
                 engine=info.engine,
@@ -164,11 +132,12 @@ async def reason_ids(
                 alpha=params.alpha,
                 proposal_temperature=params.temperature,
                 seed=params.seed,
-                chain_index=state.chain_index,
+                chain_index=o.chain_index,
                 prompt_tokens=len(prompt_ids),
-                resumed_from_block=resume[state.chain_index].blocks_done
-                if state.chain_index in resume
+                resumed_from_block=sampler.resume_position(resume[o.chain_index])
+                if o.chain_index in resume
                 else 0,
+                smc=o.smc,
             )
         )
     return results
@@ -191,6 +160,7 @@ __all__ = [
     "Method",
     "ReasonResult",
     "SamplingParams",
+    "SmcStats",
     "encode_and_check",
     "make_params",
     "reason",

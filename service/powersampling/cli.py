@@ -108,6 +108,11 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ServerConfig.model_fields if hasattr(args, name)}
     config = load_config(**overrides)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if "cache_secret" in overrides:
+        logging.getLogger("powersampling.server").warning(
+            "--cache-secret shows the secret to anyone who can list processes: "
+            "use --cache-secret-file or POWERSAMPLING_CACHE_SECRET instead"
+        )
     return asyncio.run(_serve_until_signalled(config))
 
 

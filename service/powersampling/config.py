@@ -17,10 +17,24 @@ from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.factory import EngineName
 from powersampling.errors import InvalidArgument
 from powersampling.models import DEFAULT_MODEL
-from powersampling.params import MAX_BUDGET_LIMIT, MAX_TOKENS_LIMIT, Method, SamplingParams
+from powersampling.params import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PARTICLES,
+    DEFAULT_RAMP_TOKENS,
+    DEFAULT_RESAMPLE_THRESHOLD,
+    DEFAULT_SWEEPS,
+    MAX_BUDGET_LIMIT,
+    MAX_PARTICLES,
+    MAX_SWEEPS,
+    MAX_TOKENS_LIMIT,
+    SMC_FIELDS,
+    Method,
+    SamplingParams,
+)
 
 _PAPER = SamplingParams()  # the paper's defaults, as SamplingParams defines them
 MIB = 1 << 20
+MIN_CACHE_SECRET_CHARS = 16
 # A DNS name: dot-separated labels of letters, digits and inner hyphens.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
@@ -75,6 +89,32 @@ class ServerConfig(BaseSettings):
         None, description="how vLLM runs its workers (ray for several nodes); unset: vLLM chooses"
     )
     redis_url: str | None = Field(None, description="Redis URL of the chain cache; unset: no cache")
+
+    # The chain cache (Redis; see docs/cache.md). Only used with redis_url.
+    cache_answer_ttl_s: float = Field(
+        24 * 3600.0, gt=0, le=366 * 24 * 3600, description="lifetime of a cached completed answer, seconds"
+    )
+    cache_checkpoint_ttl_s: float = Field(
+        3600.0, gt=0, le=366 * 24 * 3600, description="lifetime of a request's checkpoints, renewed per block"
+    )
+    cache_timeout_s: float = Field(0.25, gt=0, le=60, description="Redis socket read timeout, seconds")
+    cache_connect_timeout_s: float | None = Field(
+        None, gt=0, le=60, description="Redis connect timeout; unset: cache_timeout_s (5x for rediss://)"
+    )
+    cache_max_value_bytes: int = Field(
+        4 * MIB, ge=1024, le=512 * MIB, description="largest value stored or read; larger ones are deleted"
+    )
+    cache_secret: str | None = Field(
+        None,
+        repr=False,
+        min_length=MIN_CACHE_SECRET_CHARS,
+        description="key of the MAC that authenticates cache values, the same on every replica; unset: a "
+        "random key per process (no reuse across replicas or restarts). A flag shows in the process list: "
+        "prefer cache_secret_file or the environment variable",
+    )
+    cache_secret_file: Path | None = Field(
+        None, description="file holding cache_secret (its trailing newline ignored)"
+    )
 
     # Capacity and request limits.
     max_concurrent_requests: int = Field(4, ge=1, le=10_000, description="requests sampled at once")
@@ -165,6 +205,22 @@ class ServerConfig(BaseSettings):
     )
     default_mcmc_steps: int = Field(_PAPER.mcmc_steps, ge=0, description="MCMC steps per block")
     default_token_budget: int | None = Field(None, ge=1, description="token budget per chain; unset: none")
+    # What an smc request's unset SMC fields take (method smc only).
+    default_particles: int = Field(
+        DEFAULT_PARTICLES, ge=1, le=MAX_PARTICLES, description="particles per SMC sweep"
+    )
+    default_sweeps: int = Field(
+        DEFAULT_SWEEPS, ge=1, le=MAX_SWEEPS, description="SMC sweeps per chain (1: plain SMC; more: PIMH)"
+    )
+    default_resample_threshold: float = Field(
+        DEFAULT_RESAMPLE_THRESHOLD, gt=0, le=1, description="SMC resamples when ESS < this x particles"
+    )
+    default_chunk_size: int = Field(
+        DEFAULT_CHUNK_SIZE, ge=1, le=MAX_TOKENS_LIMIT, description="SMC tokens between ESS checks"
+    )
+    default_ramp_tokens: int = Field(
+        DEFAULT_RAMP_TOKENS, ge=0, le=MAX_TOKENS_LIMIT, description="SMC alpha-ramp length (0: none)"
+    )
 
     @field_validator("tls_key_file")
     @classmethod
@@ -172,6 +228,30 @@ class ServerConfig(BaseSettings):
         if (key is None) != (info.data.get("tls_cert_file") is None):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
         return key
+
+    @field_validator("cache_secret_file")
+    @classmethod
+    def _cache_secret_readable(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None:
+            if info.data.get("cache_secret") is not None:
+                raise ValueError("set cache_secret or cache_secret_file, not both")
+            _read_secret(path)  # readable and long enough, now rather than at the first request
+        return path
+
+    def cache_secret_value(self) -> str | None:
+        """The cache secret, read from cache_secret_file if that is how it is given."""
+        return self.cache_secret if self.cache_secret_file is None else _read_secret(self.cache_secret_file)
+
+    def cache_options(self) -> dict[str, Any]:
+        """The settings of the Redis chain cache, as `RedisChainCache.from_url` takes them."""
+        return {
+            "ttl_s": self.cache_answer_ttl_s,
+            "partial_ttl_s": self.cache_checkpoint_ttl_s,
+            "timeout_s": self.cache_timeout_s,
+            "connect_timeout_s": self.cache_connect_timeout_s,
+            "max_value_bytes": self.cache_max_value_bytes,
+            "secret": self.cache_secret_value(),
+        }
 
     # A knob set for another engine is refused rather than silently ignored (unset knobs are None).
     @field_validator(
@@ -270,7 +350,24 @@ class ServerConfig(BaseSettings):
             max_new_tokens=self.default_max_new_tokens,
             mcmc_steps=self.default_mcmc_steps,
             token_budget=self.default_token_budget,
+            **(self.smc_defaults() if self.default_method is Method.SMC else {}),
         )
+
+    def smc_defaults(self) -> dict[str, Any]:
+        """The SMC fields an smc request takes when it leaves them unset."""
+        return {name: getattr(self, f"default_{name}") for name in SMC_FIELDS}
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(secret) < MIN_CACHE_SECRET_CHARS:
+        raise ValueError(
+            f"the secret must be at least {MIN_CACHE_SECRET_CHARS} characters, {path} holds {len(secret)}"
+        )
+    return secret
 
 
 def _check_tenant_tokens(tokens: dict[str, Any]) -> None:

@@ -34,7 +34,63 @@ class ChainState:
 
 
 @dataclass(frozen=True, slots=True)
+class SmcParticle:
+    """One Power-SMC particle: its tokens, their log p, its log-weight since the last resampling."""
+
+    token_ids: tuple[int, ...]
+    logp: tuple[float, ...]
+    log_weight: float
+    finish_reason: str | None  # "eos", "stop", "length" (reached max_new_tokens) or None while open
+    ancestor: int  # index, at the start of its sweep, of the particle it descends from
+
+
+@dataclass(frozen=True, slots=True)
+class SmcState:
+    """Everything a Power-SMC chain needs to continue exactly after chunk `chunks_done` of sweep
+    `sweep_index` (the particle set after that chunk's resampling decision), plus the particle
+    independent MH answer so far. Between sweeps `particles` is empty and `chunks_done` is 0.
+    """
+
+    chain_index: int
+    seed: int
+    num_particles: int  # particles per sweep, after the token budget's cap
+    sweep_index: int  # the sweep in progress (or the next one to run)
+    chunks_done: int  # of that sweep
+    particles: tuple[SmcParticle, ...]
+    sweep_log_z: float  # log Ẑ of the sweep in progress so far (its resamplings)
+    sweep_resamples: int
+    sweep_ess_min: float  # fraction of particles; 1.0 before the first check
+    # The answer kept so far (particle independent MH), none before the first sweep ends.
+    answer_token_ids: tuple[int, ...]
+    answer_logp: tuple[float, ...]
+    answer_finish_reason: str | None
+    answer_log_z: float | None
+    # Totals of the chain.
+    tokens_spent: int
+    sweeps_done: int
+    accepted_sweeps: int
+    changed_sweeps: int
+    skipped_sweeps: int
+    resamples: int
+    ess_min: float
+    unique_ancestors: int  # of the final particle set of the last sweep that ended
+    ended: bool
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        """The kept answer's tokens (what a chain's ChainState.token_ids is for MH)."""
+        return self.answer_token_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.answer_finish_reason
+
+
+@dataclass(frozen=True, slots=True)
 class ChainStarted:
+    """A chain starts (or resumes). For method smc, `num_blocks` counts chunk slots over all sweeps
+    (sweeps × chunks per sweep) and `resumed_from_block` is the slot it resumes at."""
+
     chain_index: int
     seed: int
     num_blocks: int
@@ -82,11 +138,54 @@ class BlockFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class SmcChunkFinished:
+    """Power-SMC: every open particle of the sweep got one more chunk; `state` is a resumable
+    checkpoint. `ess` is the effective sample size before the resampling decision, as a fraction of
+    the particles; `leader_token_ids` are the tokens of the highest-weight particle (for progress)."""
+
+    chain_index: int
+    sweep_index: int
+    num_sweeps: int
+    chunk_index: int
+    ess: float
+    resampled: bool
+    unique_ancestors: int
+    particles_alive: int  # particles still open after this chunk
+    tokens_spent: int  # of the chain so far
+    leader_token_ids: tuple[int, ...]
+    state: SmcState
+
+
+@dataclass(frozen=True, slots=True)
+class SmcSweepFinished:
+    """Power-SMC: a sweep ended with its answer and log Ẑ; `accepted` says whether the particle
+    independent MH kept it (the first sweep's answer always is)."""
+
+    chain_index: int
+    sweep_index: int
+    num_sweeps: int
+    log_z_hat: float
+    accepted: bool
+    answer_token_ids: tuple[int, ...]
+    state: SmcState
+
+
+@dataclass(frozen=True, slots=True)
 class ChainFinished:
     chain_index: int
-    state: ChainState
+    state: ChainState | SmcState  # SmcState for method smc
     finish_reason: str  # "eos", "stop" or "length"
 
 
-SamplerEvent = ChainStarted | McmcStepTaken | McmcStepSkipped | BlockFinished | ChainFinished
+Checkpoint = ChainState | SmcState  # a resumable chain state: MH's or Power-SMC's
+
+SamplerEvent = (
+    ChainStarted
+    | McmcStepTaken
+    | McmcStepSkipped
+    | BlockFinished
+    | SmcChunkFinished
+    | SmcSweepFinished
+    | ChainFinished
+)
 EventSink = Callable[[SamplerEvent], None]

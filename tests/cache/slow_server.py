@@ -4,7 +4,8 @@
 
 Prints `PORT <n>` on stdout once it serves, then runs until killed. The restart test kills it with
 SIGKILL mid-request (a crash: nothing is flushed or closed) and starts another one. The benchmark
-uses it with no delay.
+uses it with no delay. The cache settings come from POWERSAMPLING_CACHE_* variables, as in `serve`
+(servers that are to share the cache's values need the same POWERSAMPLING_CACHE_SECRET).
 """
 
 from __future__ import annotations
@@ -38,12 +39,18 @@ class SlowToyEngine(ToyEngine):
 
 async def main(redis_url: str, seconds_per_batch: float) -> None:
     config = ServerConfig(
-        host="127.0.0.1", port=0, engine="toy", reflection=False, max_concurrent_requests=64, max_queue=1024
+        host="127.0.0.1",
+        port=0,
+        engine="toy",
+        reflection=False,
+        max_concurrent_requests=64,
+        max_queue=1024,
+        redis_url=redis_url,
     )
     running = await serve(
         config,
         engine=SlowToyEngine(seconds_per_batch),
-        cache=RedisChainCache.from_url(redis_url),
+        cache=RedisChainCache.from_url(redis_url, **config.cache_options()),
         telemetry=NoTelemetry(),
     )
     await running.wait_ready(30.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from powersampling.api import ReasonResult
 from powersampling.engines.toy import ToyEngine
@@ -161,3 +163,18 @@ def result(chain_index: int = 0, **overrides: object) -> ReasonResult:
     }
     fields.update(overrides)
     return ReasonResult(**fields)  # type: ignore[arg-type]
+
+
+def reseal_publicly(value: bytes, change: dict[str, object]) -> bytes:
+    """`value` with its body changed and sealed again the way anyone could: every checksum a reader
+    without a secret could check (the former 8-byte BLAKE2b, an unkeyed 32-byte one)."""
+    envelope = msgpack.unpackb(value)
+    body = msgpack.unpackb(envelope["body"])
+    if "results" in body:
+        body["results"] = [entry | change for entry in body["results"]]
+    else:
+        body |= change
+    envelope["body"] = msgpack.packb(body)
+    envelope["check"] = hashlib.blake2b(envelope["body"], digest_size=8).digest()
+    envelope["mac"] = hashlib.blake2b(envelope["body"], digest_size=32).digest()
+    return msgpack.packb(envelope)

@@ -17,7 +17,15 @@ from powersampling.api import ReasonResult
 from powersampling.cache.base import CacheKey, CachePolicy, CacheStatus
 from powersampling.cache.cached_reason import reason_cached
 from powersampling.cache.keys import request_key
-from powersampling.cache.redis_cache import RedisChainCache, RedisKeys, encode_checkpoint, encode_completed
+from powersampling.cache.redis_cache import (
+    VALUE_VERSION,
+    RedisChainCache,
+    RedisKeys,
+    _mac,
+    encode_checkpoint,
+    encode_completed,
+    mac_key,
+)
 from powersampling.engines.base import ExtendRequest, Extension
 from powersampling.engines.toy import ToyEngine
 from powersampling.errors import EngineError
@@ -277,7 +285,9 @@ def garbage_values(digest: str, valid_done: bytes, valid_chain: bytes) -> dict[s
         envelope = msgpack.unpackb(valid)
         body = msgpack.unpackb(envelope["body"]) | change
         envelope["body"] = msgpack.packb(body)
-        envelope["check"] = hashlib.blake2b(envelope["body"], digest_size=8).digest()
+        # Sealed with this process's key (the cache of these tests has no secret), so that the
+        # content checks, not the MAC, are what refuses these values.
+        envelope["mac"] = _mac(mac_key(None), envelope["type"], envelope["key"], envelope["body"])
         return msgpack.packb(envelope)
 
     def envelope(valid: bytes, change: dict[str, object]) -> bytes:
@@ -291,7 +301,10 @@ def garbage_values(digest: str, valid_done: bytes, valid_chain: bytes) -> dict[s
         "garbage": (b"\x00\xffnot a value", b"\xc1\xc1\xc1"),
         "empty": (b"", b""),
         "pickle": (b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00N.", b"\x80\x04N."),
-        "wrong-version": (envelope(valid_done, {"v": 2}), envelope(valid_chain, {"v": 0})),
+        "wrong-version": (
+            envelope(valid_done, {"v": VALUE_VERSION + 1}),
+            envelope(valid_chain, {"v": VALUE_VERSION - 1}),
+        ),
         "wrong-type-tag": (envelope(valid_done, {"type": "chain"}), envelope(valid_chain, {"type": "done"})),
         "truncated": (valid_done[: len(valid_done) // 2], valid_chain[:-3]),
         "checksum": (

@@ -86,7 +86,12 @@ def test_value_names_its_version_type_and_request() -> None:
     assert envelope["v"] == VALUE_VERSION
     assert envelope["type"] == "chain"
     assert envelope["key"] == bytes.fromhex(DIGEST)
-    assert envelope["check"] == hashlib.blake2b(envelope["body"], digest_size=8).digest()
+    assert len(envelope["mac"]) == 32 and "check" not in envelope
+    # A keyless checksum is no seal: a value re-sealed that way (what anyone could compute) is refused.
+    envelope["check"] = hashlib.blake2b(envelope["body"], digest_size=8).digest()
+    envelope["mac"] = hashlib.blake2b(envelope["body"], digest_size=32).digest()
+    with pytest.raises(InvalidValue, match="MAC"):
+        decode_checkpoint(DIGEST, msgpack.packb(envelope))
     with pytest.raises(InvalidValue, match="another request"):
         decode_checkpoint(OTHER, encode_checkpoint(DIGEST, state))
     with pytest.raises(InvalidValue, match="type"):

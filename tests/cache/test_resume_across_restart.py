@@ -20,10 +20,12 @@ from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.api import reason_async
 
+from .replicas import assert_same_answer, reason_request
 from .support import PROMPT, RedisServer, make_engine, seeded_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECONDS_PER_BATCH = 0.03  # 4 batches per block (extension + 3 MCMC steps): ~0.12 s per block
+CACHE_SECRET = "a test secret shared by the servers"
 
 
 class ServerProcess:
@@ -34,6 +36,7 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT), str(REPO_ROOT / "service"), env.get("PYTHONPATH", "")]
         )
+        env["POWERSAMPLING_CACHE_SECRET"] = CACHE_SECRET  # what lets the second server use the first's
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.cache.slow_server", redis_url, str(seconds_per_batch)],
             cwd=REPO_ROOT,
@@ -63,18 +66,7 @@ def servers(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:
 
 
 def request(seed: int = 4242) -> pb.ReasonRequest:
-    params = seeded_params(seed=seed)
-    return pb.ReasonRequest(
-        token_ids=pb.TokenIds(ids=PROMPT),
-        method=pb.METHOD_POWER,
-        alpha=params.alpha,
-        block_size=params.block_size,
-        max_new_tokens=params.max_new_tokens,
-        mcmc_steps=params.mcmc_steps,
-        seed=seed,
-        n=1,
-        tenant="restart-test",
-    )
+    return reason_request(PROMPT, seeded_params(seed=seed), tenant="restart-test")
 
 
 def stream(port: int, req: pb.ReasonRequest) -> Iterator[pb.ReasonEvent]:
@@ -114,13 +106,7 @@ async def test_a_killed_server_resumes_the_re_sent_request(
     final = events[-1].final
     assert events[-1].HasField("final") and final.cache_status == pb.CACHE_STATUS_RESUMED
     (answer,) = final.answers
-    assert list(answer.token_ids) == expected.token_ids
-    assert answer.text == expected.text
-    assert answer.stats.tokens_spent == expected.tokens_spent
-    assert answer.stats.mcmc_steps == expected.mcmc_steps
-    assert answer.stats.accepted == expected.accepted_steps
-    assert answer.stats.changed == expected.changed_steps
-    assert answer.stats.log_prob == pytest.approx(expected.log_prob)
+    assert_same_answer(answer, expected)
     # Fewer blocks ran than in a whole run.
     progress_blocks = [e.progress.block_index for e in events if e.HasField("progress")]
     assert min(progress_blocks) >= started.resumed_from_block

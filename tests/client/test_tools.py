@@ -21,7 +21,7 @@ def test_the_schema_is_an_openai_function_tool() -> None:
     assert parameters["type"] == "object" and parameters["required"] == ["prompt"]
     assert parameters["additionalProperties"] is False
     assert all(p.get("description") for p in parameters["properties"].values())
-    assert parameters["properties"]["method"]["enum"] == ["power", "sample", "low-temp", "greedy"]
+    assert parameters["properties"]["method"]["enum"] == ["power", "smc", "sample", "low-temp", "greedy"]
 
 
 def test_a_tool_call_returns_the_answer(server: ThreadedServer) -> None:

@@ -148,3 +148,64 @@ def test_prompt_from_stdin() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["prompt_tokens"] == len("hello there")
+
+
+# --- method smc ------------------------------------------------------------------------------------
+
+SMC_ARGV = [
+    "--engine",
+    "toy",
+    "--method",
+    "smc",
+    "--max-new-tokens",
+    "16",
+    "--chunk-size",
+    "4",
+    "--seed",
+    "5",
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--particles", "0"], "particles: must be between 1 and 256"),
+        (["--particles", "100000"], "particles: must be between 1 and 256"),
+        (["--particles", "many"], "particles: invalid int value"),
+        (["--sweeps", "0"], "sweeps: must be between 1 and 64"),
+        (["--resample-threshold", "0"], "resample_threshold: must be greater than 0"),
+        (["--resample-threshold", "1.5"], "resample_threshold: must be between 0 and 1"),
+        (["--resample-threshold", "nan"], "resample_threshold: must be finite"),
+        (["--chunk-size", "0"], "chunk_size: must be between 1"),
+        (["--ramp-tokens", "-1"], "ramp_tokens: must be between 0"),
+        (["--block-size", "8"], "block_size: is not used by method smc"),
+        (["--mcmc-steps", "2"], "mcmc_steps: is not used by method smc"),
+    ],
+)
+def test_bad_smc_input_is_one_line_and_exit_2(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["reason", "a question", *SMC_ARGV, *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"powersampling: error: {expected}"), err
+
+
+@pytest.mark.parametrize("flag", ["--particles", "--sweeps", "--chunk-size", "--ramp-tokens"])
+def test_smc_flags_with_another_method_are_refused(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    field = flag.removeprefix("--").replace("-", "_")
+    assert cli.main(["reason", "a question", "--engine", "toy", "--method", "power", flag, "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"powersampling: error: {field}: applies to method smc only\n"
+
+
+def test_reason_with_method_smc_prints_its_statistics(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["reason", "what is 17 + 25?", *SMC_ARGV, "--json", "--particles", "4", "--sweeps", "2"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "smc" and out["seed"] == 5
+    assert out["smc"]["particles"] == 4 and out["smc"]["sweeps"] == 2 and out["mcmc_steps"] == 1
+    assert 0.0 < out["smc"]["ess_min"] <= 1.0
+    assert out["tokens_spent"] >= len(out["text"])
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == out["text"]  # same seed, same answer

@@ -20,6 +20,8 @@ from powersampling_client.types import (
     SamplingParams,
     ServerLimits,
     ServiceInfo,
+    SmcProgress,
+    SmcStats,
     Started,
 )
 
@@ -40,6 +42,8 @@ __all__ = [
     "SamplingParams",
     "ServerLimits",
     "ServiceInfo",
+    "SmcProgress",
+    "SmcStats",
     "Started",
     "__version__",
 ]

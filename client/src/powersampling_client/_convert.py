@@ -22,6 +22,8 @@ from powersampling_client.types import (
     SamplingParams,
     ServerLimits,
     ServiceInfo,
+    SmcProgress,
+    SmcStats,
     Started,
 )
 
@@ -29,6 +31,7 @@ Prompt = str | Sequence[ChatMessage] | Sequence[int]
 
 METHODS: dict[str, int] = {
     "power": pb.METHOD_POWER,
+    "smc": pb.METHOD_SMC,
     "sample": pb.METHOD_SAMPLE,
     "low-temp": pb.METHOD_LOW_TEMP,
     "greedy": pb.METHOD_GREEDY,
@@ -54,6 +57,8 @@ _FINISH_REASONS: dict[int, FinishReason] = {
 }
 
 
+# Method "smc"'s options (proto3 optional fields of the request and of SamplingParams).
+_SMC_FIELDS = ("particles", "sweeps", "resample_threshold", "chunk_size", "ramp_tokens")
 # Options that map onto a proto3 optional field of the same name.
 _OPTIONAL_FIELDS = (
     "alpha",
@@ -65,6 +70,7 @@ _OPTIONAL_FIELDS = (
     "seed",
     "n",
     "chat",
+    *_SMC_FIELDS,
 )
 
 
@@ -75,7 +81,9 @@ def _invalid(field: str, message: str) -> PowerSamplingError:
 class ReasonOptions(TypedDict, total=False):
     """Options of one request; an unset (or None) option takes the server's default."""
 
-    method: Method | None  # "power" (MCMC over p^alpha) or a baseline: "sample", "low-temp", "greedy"
+    method: (
+        Method | None
+    )  # "power" (MCMC over p^alpha), "smc" (Power-SMC) or a baseline: "sample", "low-temp", "greedy"
     alpha: float | None  # power of the target p(x)^alpha, at least 1
     proposal_temperature: float | None  # default 1/alpha
     block_size: int | None  # tokens per block
@@ -85,6 +93,11 @@ class ReasonOptions(TypedDict, total=False):
     seed: int | None  # same seed, same answer; unset: the server draws one (see Answer.seed)
     stop: Iterable[str]  # strings that end an answer
     n: int | None  # independent samples
+    particles: int | None  # smc: particles per sweep
+    sweeps: int | None  # smc: 1 is plain SMC; more run particle independent MH (exact)
+    resample_threshold: float | None  # smc: resample when ESS < threshold x particles, in (0, 1]
+    chunk_size: int | None  # smc: tokens between ESS checks
+    ramp_tokens: int | None  # smc: tokens over which alpha ramps up from 1 (0: none)
     cache: CachePolicy | None  # "use" (default), "bypass" or "refresh"
     chat: bool | None  # apply the model's chat template to a text prompt (default: when it has one)
     tenant: str | None  # cache namespace
@@ -149,6 +162,7 @@ def params_from_proto(m: pb.SamplingParams) -> SamplingParams:
         seed=m.seed if m.HasField("seed") else None,
         stop=tuple(m.stop),
         n=m.n,
+        **{name: getattr(m, name) if m.HasField(name) else None for name in _SMC_FIELDS},  # type: ignore[arg-type]
     )
 
 
@@ -183,10 +197,37 @@ def event_from_proto(message: pb.ReasonEvent) -> ReasonEvent:
             token_budget=p.token_budget if p.HasField("token_budget") else None,
             num_tokens=p.num_tokens,
             finished=p.finished,
+            smc=_smc_progress(p) if p.num_sweeps else None,
         )
     if kind == "final":
         return result_from_proto(message.final)
     raise PowerSamplingError(grpc.StatusCode.UNIMPLEMENTED, f"unknown event {kind!r}; upgrade the client")
+
+
+def _smc_progress(p: pb.Progress) -> SmcProgress:
+    return SmcProgress(
+        sweep_index=p.sweep_index,
+        num_sweeps=p.num_sweeps,
+        ess=p.ess,
+        resampled=p.resampled,
+        unique_ancestors=p.unique_ancestors,
+        particles_alive=p.particles_alive,
+        sweep_finished=p.sweep_finished,
+        sweep_accepted=p.sweep_accepted,
+        log_z_hat=p.log_z_hat if p.HasField("log_z_hat") else None,
+    )
+
+
+def _smc_stats(s: pb.SmcStats) -> SmcStats:
+    return SmcStats(
+        particles=s.particles,
+        sweeps=s.sweeps,
+        accepted_sweeps=s.accepted_sweeps,
+        resamples=s.resamples,
+        ess_min=s.ess_min,
+        unique_ancestors=s.unique_ancestors,
+        log_z_hat=s.log_z_hat,
+    )
 
 
 def result_from_proto(f: pb.Final) -> ReasonResult:
@@ -207,6 +248,7 @@ def result_from_proto(f: pb.Final) -> ReasonResult:
                     change_rate=a.stats.change_rate,
                     latency_ms=a.stats.latency_ms,
                     log_prob=a.stats.log_prob,
+                    smc=_smc_stats(a.stats.smc) if a.stats.HasField("smc") else None,
                 ),
                 seed=a.seed,
                 chain_index=a.chain_index,
@@ -243,6 +285,8 @@ def service_info_from_proto(d: pb.ServiceDescription) -> ServiceInfo:
             max_queue=lim.max_queue,
             max_mcmc_steps=lim.max_mcmc_steps,
             max_alpha=lim.max_alpha,
+            max_particles=lim.max_particles,
+            max_sweeps=lim.max_sweeps,
         ),
         version=d.version,
         cache_enabled=d.cache_enabled,

@@ -21,15 +21,19 @@ from powersampling_client.types import PowerSamplingError, ReasonResult
 TOOL_NAME = "reason"
 TOOL_DESCRIPTION = (
     "Answer a question or solve a task with careful reasoning: samples a language model from a sharpened "
-    "distribution p(x)^alpha (power sampling with Metropolis-Hastings), which is slower than plain "
-    "generation but more reliable on math, logic and code. Returns the answer text and sampling statistics."
+    "distribution p(x)^alpha (power sampling with Metropolis-Hastings, or with Sequential Monte Carlo), "
+    "which is slower than plain generation but more reliable on math, logic and code. Returns the answer "
+    "text and sampling statistics."
 )
 PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "prompt": "The question or task, in plain text, with everything needed to answer it.",
-    "method": "power (default, best answers), or a faster baseline: greedy, low-temp, sample.",
+    "method": "power (default, best answers); smc (same target with particles, a few times plain decoding); "
+    "or a faster baseline: greedy, low-temp, sample.",
     "alpha": "Sharpening exponent, at least 1; higher is more deterministic. Default 4.",
     "max_new_tokens": "Most tokens in the answer.",
-    "mcmc_steps": "Metropolis-Hastings steps per block; more is slower and better.",
+    "mcmc_steps": "Metropolis-Hastings steps per block (method power); more is slower and better.",
+    "particles": "Particles of method smc (only with it); more is slower and closer to the target.",
+    "sweeps": "Sweeps of method smc (only with it): 1 is plain SMC; more make it exact, each costs a sweep.",
     "token_budget": "Cap on all tokens the sampler may generate (at least max_new_tokens).",
     "seed": "Random seed; the same seed and arguments give the same answer.",
     "n": "Number of independent answers to return.",
@@ -37,10 +41,12 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
 }
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "prompt": {"type": "string"},
-    "method": {"type": "string", "enum": ["power", "sample", "low-temp", "greedy"]},
+    "method": {"type": "string", "enum": ["power", "smc", "sample", "low-temp", "greedy"]},
     "alpha": {"type": "number", "minimum": 1},
     "max_new_tokens": {"type": "integer", "minimum": 1},
     "mcmc_steps": {"type": "integer", "minimum": 0},
+    "particles": {"type": "integer", "minimum": 1},
+    "sweeps": {"type": "integer", "minimum": 1},
     "token_budget": {"type": "integer", "minimum": 1},
     "seed": {"type": "integer", "minimum": 0},
     "n": {"type": "integer", "minimum": 1},
@@ -118,6 +124,16 @@ def tool_result(result: ReasonResult) -> dict[str, Any]:
         "model": result.model,
         "cache_hit": result.cache_hit,
     }
+    smc = first.stats.smc
+    if smc is not None:
+        out["smc"] = {
+            "particles": smc.particles,
+            "sweeps": smc.sweeps,
+            "accepted_sweeps": smc.accepted_sweeps,
+            "resamples": smc.resamples,
+            "ess_min": round(smc.ess_min, 4),
+            "log_z_hat": round(smc.log_z_hat, 4),
+        }
     if len(result.answers) > 1:
         out["answers"] = [a.text for a in result.answers]
     return out

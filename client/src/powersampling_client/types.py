@@ -8,7 +8,7 @@ from typing import Literal, TypeAlias
 
 import grpc
 
-Method: TypeAlias = Literal["power", "sample", "low-temp", "greedy"]
+Method: TypeAlias = Literal["power", "smc", "sample", "low-temp", "greedy"]
 CachePolicy: TypeAlias = Literal["use", "bypass", "refresh"]
 CacheStatus: TypeAlias = Literal["hit", "resumed", "miss", "bypass", "disabled", "uncacheable", "unspecified"]
 FinishReason: TypeAlias = Literal["eos", "stop", "length", "unspecified"]
@@ -50,6 +50,12 @@ class SamplingParams:
     seed: int | None
     stop: tuple[str, ...]
     n: int
+    # Method "smc" only (None otherwise; in ServiceInfo.defaults: what an smc request takes).
+    particles: int | None = None
+    sweeps: int | None = None
+    resample_threshold: float | None = None
+    chunk_size: int | None = None
+    ramp_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +75,24 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class SmcProgress:
+    """Where a Power-SMC sweep stands (method "smc")."""
+
+    sweep_index: int  # counted from 0
+    num_sweeps: int
+    ess: float  # effective sample size after the chunk, as a fraction of the particles
+    resampled: bool  # the particles were resampled after this chunk
+    unique_ancestors: int
+    particles_alive: int  # particles still generating
+    sweep_finished: bool  # this progress closes a sweep: text is the chain's kept answer
+    sweep_accepted: bool  # with sweep_finished: the sweep's answer became the kept one
+    log_z_hat: float | None  # with sweep_finished: the sweep's log-normaliser estimate
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
-    """A chain finished a block. `text` is its whole current text (replace, do not append)."""
+    """A chain finished a block (method "smc": a chunk or a sweep). `text` is its whole current text
+    (replace, do not append); for smc, the leading particle's text."""
 
     chain_index: int
     block_index: int
@@ -84,6 +106,20 @@ class Progress:
     token_budget: int | None
     num_tokens: int
     finished: bool
+    smc: SmcProgress | None = None  # method "smc" only
+
+
+@dataclass(frozen=True, slots=True)
+class SmcStats:
+    """What Power-SMC did for one answer (method "smc")."""
+
+    particles: int
+    sweeps: int  # sweeps run
+    accepted_sweeps: int  # sweeps after the first whose answer was accepted (particle independent MH)
+    resamples: int  # over all sweeps
+    ess_min: float  # smallest ESS before a resampling decision, as a fraction of the particles
+    unique_ancestors: int  # particles of the last sweep's start its final particles descend from
+    log_z_hat: float  # of the sweep that produced the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +134,7 @@ class AnswerStats:
     change_rate: float
     latency_ms: float
     log_prob: float
+    smc: SmcStats | None = None  # method "smc" only
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +180,8 @@ class ServerLimits:
     max_queue: int
     max_mcmc_steps: int
     max_alpha: float
+    max_particles: int = 0  # method "smc": particles per sweep (0: an older server without smc)
+    max_sweeps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,5 +215,7 @@ __all__ = [
     "SamplingParams",
     "ServerLimits",
     "ServiceInfo",
+    "SmcProgress",
+    "SmcStats",
     "Started",
 ]

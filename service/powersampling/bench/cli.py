@@ -1,7 +1,7 @@
 """``powersampling bench``: quality benchmarks of the sampling methods.
 
-    powersampling bench quality --dataset arithmetic --methods greedy,sample,low-temp,power \\
-        --alpha 4 --mcmc-steps 2 --samples 4 --limit 100 --seed 0 --engine torch --out runs/arith
+    powersampling bench quality --dataset arithmetic --methods greedy,sample,low-temp,power,smc \\
+        --alpha 4 --mcmc-steps 2 --particles 8 --samples 4 --limit 100 --seed 0 --out runs/arith
     powersampling bench report --out runs/arith        # rebuild summary and plots from the results
 
 The same commands run as ``python -m powersampling.bench ...``.
@@ -74,6 +74,13 @@ def add_bench_command(subparsers: Any) -> None:
     q.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default: the dataset's")
     q.add_argument("--proposal-temperature", type=_positive_float, default=None, help="default: 1/alpha")
     q.add_argument("--token-budget", type=_positive_int, default=None, help="proposal tokens per answer")
+    q.add_argument("--particles", type=_positive_int, default=None, help="particles per sweep (smc)")
+    q.add_argument("--sweeps", type=_positive_int, default=None, help="sweeps, >1 for PIMH (smc)")
+    q.add_argument(
+        "--resample-threshold", type=_positive_float, default=None, help="ESS fraction in (0, 1] (smc)"
+    )
+    q.add_argument("--chunk-size", type=_positive_int, default=None, help="tokens between ESS checks (smc)")
+    q.add_argument("--ramp-tokens", type=_non_negative_int, default=None, help="alpha-ramp length (smc)")
     q.add_argument(
         "--stop", action="append", default=None, help="stop string (repeatable; default dataset's)"
     )
@@ -139,6 +146,11 @@ def run_quality_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         concurrency=args.concurrency,
         stop=tuple(args.stop) if args.stop else None,
+        particles=args.particles,
+        sweeps=args.sweeps,
+        resample_threshold=args.resample_threshold,
+        chunk_size=args.chunk_size,
+        ramp_tokens=args.ramp_tokens,
     )
     out = args.out or Path("runs") / args.dataset
     engine = _open_engine(args.engine, args.model, args.device)

@@ -57,6 +57,15 @@ def summarize_method(
             "skipped_steps": sum(s["skipped_steps"] for s in samples),
         },
     }
+    smc = [s["smc"] for s in samples if s.get("smc")]  # method smc (older records have no key)
+    if smc:
+        out["smc"] = {
+            "particles": max(x["particles"] for x in smc),
+            "sweeps_per_answer": math.fsum(x["sweeps"] for x in smc) / len(smc),
+            "resamples_per_answer": math.fsum(x["resamples"] for x in smc) / len(smc),
+            "ess_min_mean": math.fsum(x["ess_min"] for x in smc) / len(smc),
+            "unique_ancestors_mean": math.fsum(x["unique_ancestors"] for x in smc) / len(smc),
+        }
     if wall and wall.get("problems"):
         out["wall_s"] = wall["wall_s"]
         out["wall_s_per_problem"] = wall["wall_s"] / wall["problems"]
@@ -239,6 +248,19 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{_num(m.get('wall_s_per_problem'), '.2f')} | "
             f"{_num(mc['acceptance_rate'], '.2f')} | {_num(mc['change_rate'], '.2f')} |"
         )
+    smc_methods = {name: m["smc"] for name, m in methods.items() if "smc" in m}
+    if smc_methods:
+        lines += [
+            "",
+            "| SMC | particles | sweeps/answer | resamples/answer | ESS min (mean) | unique ancestors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, x in smc_methods.items():
+            lines.append(
+                f"| {name} | {x['particles']} | {x['sweeps_per_answer']:.1f} | "
+                f"{x['resamples_per_answer']:.1f} | {x['ess_min_mean']:.2f} | "
+                f"{x['unique_ancestors_mean']:.1f} |"
+            )
     tags = sorted({t for m in methods.values() for t in m["subsets"] if t != "all"})
     for tag in tags:
         lines += [

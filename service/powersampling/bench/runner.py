@@ -2,7 +2,7 @@
 
     engine = load_engine("qwen2.5-coder-0.5b-instruct")
     dataset = load_dataset("arithmetic", size=100, seed=0)
-    summary = run_quality(engine, dataset, ["greedy", "sample", "low-temp", "power"],
+    summary = run_quality(engine, dataset, ["greedy", "sample", "low-temp", "power", "smc"],
                           BenchConfig(alpha=4, mcmc_steps=2, samples=4), out_dir="runs/arith")
 
 Methods come from a registry of :class:`MethodSpec` factories (``register_method``): the built-ins
@@ -32,6 +32,7 @@ from powersampling.api import ReasonResult, reason_async
 from powersampling.bench.datasets import Dataset, Problem
 from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
+from powersampling.params import SMC_FIELDS, SamplingParams
 
 SampleFn = Callable[[Engine, Problem, Dataset, int, int], Awaitable[list[ReasonResult]]]
 
@@ -50,6 +51,12 @@ class BenchConfig:
     seed: int = 0
     concurrency: int = 8
     stop: tuple[str, ...] | None = None
+    # Method smc (None: the method's default).
+    particles: int | None = None
+    sweeps: int | None = None
+    resample_threshold: float | None = None
+    chunk_size: int | None = None
+    ramp_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -129,10 +136,27 @@ def _power(cfg: BenchConfig, dataset: Dataset) -> MethodSpec:
     )
 
 
+def _smc(cfg: BenchConfig, dataset: Dataset) -> MethodSpec:
+    opts: dict[str, Any] = {"method": "smc", "alpha": cfg.alpha, **_generation(cfg, dataset)}
+    for name in ("proposal_temperature", "token_budget", *SMC_FIELDS):
+        value = getattr(cfg, name)
+        if value is not None:
+            opts[name] = value
+    shown = SamplingParams(**opts)  # validates the options now, naming a bad one, before any work
+    return MethodSpec(
+        "smc",
+        opts,
+        False,
+        f"Power-SMC over p^{cfg.alpha:g}, {shown.effective_particles} particles x "
+        f"{shown.effective_sweeps} sweep(s), chunk {shown.effective_chunk_size}",
+    )
+
+
 register_method("greedy", _greedy)
 register_method("sample", _sample)
 register_method("low-temp", _low_temp)
 register_method("power", _power)
+register_method("smc", _smc)
 
 
 def resolve_methods(names: Sequence[str], cfg: BenchConfig, dataset: Dataset) -> list[MethodSpec]:
@@ -226,6 +250,7 @@ def _sample_record(result: ReasonResult, dataset: Dataset, problem: Problem) -> 
         "acceptance_rate": result.acceptance_rate,
         "change_rate": result.change_rate,
         "log_prob": result.log_prob,
+        "smc": asdict(result.smc) if result.smc is not None else None,
     }
 
 

@@ -1,4 +1,5 @@
-"""The cache contract the server relies on: completed answers and per-block checkpoints.
+"""The cache contract the server relies on: completed answers and per-chain checkpoints (MH's
+ChainState after each block, Power-SMC's SmcState after each chunk or sweep).
 
 `ChainCache` is implemented on Redis in `powersampling.cache.redis_cache`; `NullCache` is what runs
 when no cache is configured (or for a bypassing request).
@@ -11,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from powersampling.api import ReasonResult
-from powersampling.events import ChainState
+from powersampling.events import Checkpoint
+from powersampling.results import ReasonResult
 
 
 class CachePolicy(enum.StrEnum):
@@ -23,7 +24,7 @@ class CachePolicy(enum.StrEnum):
 
 class CacheStatus(enum.StrEnum):
     HIT = "hit"  # answered from a completed entry, no engine work
-    RESUMED = "resumed"  # continued from stored per-block checkpoints
+    RESUMED = "resumed"  # continued from stored checkpoints (per block, or per SMC chunk)
     MISS = "miss"  # nothing usable stored; ran from the start
     BYPASS = "bypass"  # the request asked not to use the cache
     DISABLED = "disabled"  # no cache configured, or it is unreachable right now
@@ -41,9 +42,9 @@ class ChainCache(Protocol):
 
     async def put_completed(self, key: CacheKey, results: Sequence[ReasonResult]) -> None: ...
 
-    async def get_checkpoints(self, key: CacheKey) -> dict[int, ChainState]: ...
+    async def get_checkpoints(self, key: CacheKey) -> dict[int, Checkpoint]: ...
 
-    async def put_checkpoint(self, key: CacheKey, state: ChainState) -> None: ...
+    async def put_checkpoint(self, key: CacheKey, state: Checkpoint) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -57,10 +58,10 @@ class NullCache:
     async def put_completed(self, key: CacheKey, results: Sequence[ReasonResult]) -> None:
         return None
 
-    async def get_checkpoints(self, key: CacheKey) -> dict[int, ChainState]:
+    async def get_checkpoints(self, key: CacheKey) -> dict[int, Checkpoint]:
         return {}
 
-    async def put_checkpoint(self, key: CacheKey, state: ChainState) -> None:
+    async def put_checkpoint(self, key: CacheKey, state: Checkpoint) -> None:
         return None
 
     async def close(self) -> None:

@@ -10,11 +10,13 @@ Semantics:
   here). A cache that reports itself unreachable (`available` false) gives status "disabled"; its
   writes are still attempted, so caching resumes by itself when it comes back.
 * What comes back from the cache is checked against the request before use (chain indices, seeds,
-  lengths against the block plan, token ids against the vocabulary): an entry that does not fit is
-  ignored, never served.
-* Checkpoints are written after every finished block, in block order per chain, at most one write in
-  flight per chain (a slow cache sees only each chain's newest state); the completed answer is
-  written after every checkpoint write has ended.
+  lengths against the sampler's plan, token ids against the vocabulary, an answer's text against the
+  text of its token ids): an entry that does not fit is ignored, never served. The sampler of the
+  request's method vets its own checkpoints.
+* Checkpoints are written whenever the sampler emits one (after every finished block for MH, after
+  every chunk and sweep for Power-SMC), in order per chain, at most one write in flight per chain (a
+  slow cache sees only each chain's newest state); the completed answer is written after every
+  checkpoint write has ended.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from powersampling.api import ReasonResult, make_params, reason_ids
 from powersampling.cache.base import CacheKey, CachePolicy, CacheStatus, ChainCache, NullCache
 from powersampling.cache.keys import request_key
 from powersampling.engines.base import Engine
-from powersampling.events import BlockFinished, ChainState, EventSink, SamplerEvent
-from powersampling.params import SamplingParams
-from powersampling.sampler import BudgetPlan, chain_seed
+from powersampling.events import Checkpoint, EventSink, SamplerEvent
+from powersampling.params import Method, SamplingParams
+from powersampling.sampler import Sampler, make_sampler
 
 logger = logging.getLogger(__name__)
 
-CacheStatusSink = Callable[[CacheStatus, int], None]  # status, block resumed from (0 if none)
+CacheStatusSink = Callable[[CacheStatus, int], None]  # status, block (SMC: chunk slot) resumed from
 T = TypeVar("T")
 
 
@@ -67,27 +69,30 @@ async def reason_cached(
         return await reason_ids(engine, prompt_ids, make_params(params), on_event=on_event), status
 
     key = request_key(engine.info.fingerprint, tenant, prompt_ids, params)
-    resume: dict[int, ChainState] = {}
+    # The sampler of this request's method, for its checkpoint rules (the run builds its own).
+    sampler = make_sampler(engine, prompt_ids, params)
+    resume: dict[int, Checkpoint] = {}
     if policy is CachePolicy.USE and _available(cache):
         completed = await _quietly(lambda: cache.get_completed(key), None)
-        if completed is not None and _fits_completed(completed, params, engine):
+        # Detokenizing every chain to check its text is real CPU work: keep it off the event loop.
+        if completed is not None and await asyncio.to_thread(_fits_completed, completed, params, sampler):
             # Served as stored: latency_s and the statistics are those of the run that produced it.
             report(CacheStatus.HIT, 0)
             return completed, CacheStatus.HIT
-        stored = await _quietly(lambda: cache.get_checkpoints(key), {})
-        plan = BudgetPlan.from_params(params)
-        resume = {i: s for i, s in stored.items() if _fits_checkpoint(i, s, params, plan, engine)}
+        stored: dict[int, Checkpoint] = await _quietly(lambda: cache.get_checkpoints(key), {})
+        resume = {i: s for i, s in stored.items() if sampler.fits_checkpoint(i, s)}
     if resume:
         status = CacheStatus.RESUMED
     elif not _available(cache):
         status = CacheStatus.DISABLED
-    report(status, min(s.blocks_done for s in resume.values()) if resume else 0)
+    report(status, min(sampler.resume_position(s) for s in resume.values()) if resume else 0)
 
     writer = _CheckpointWriter(cache, key)
 
     def on_sampler_event(event: SamplerEvent) -> None:
-        if isinstance(event, BlockFinished):
-            writer.submit(event.state)
+        state = sampler.checkpoint_of(event)
+        if state is not None:
+            writer.submit(state)
         if on_event is not None:
             on_event(event)
 
@@ -107,10 +112,10 @@ class _CheckpointWriter:
     def __init__(self, cache: ChainCache, key: CacheKey) -> None:
         self._cache = cache
         self._key = key
-        self._newest: dict[int, ChainState] = {}
+        self._newest: dict[int, Checkpoint] = {}
         self._writers: dict[int, asyncio.Task[None]] = {}
 
-    def submit(self, state: ChainState) -> None:
+    def submit(self, state: Checkpoint) -> None:
         index = state.chain_index
         self._newest[index] = state
         if index not in self._writers:
@@ -143,36 +148,21 @@ async def _quietly(call: Callable[[], Awaitable[T]], default: T) -> T:
         return default
 
 
-def _fits_completed(results: Sequence[ReasonResult], params: SamplingParams, engine: Engine) -> bool:
-    """Whether a stored answer is one of this request: n chains in order, this seed, known tokens."""
-    vocab = engine.vocab_size
+def _fits_completed(results: Sequence[ReasonResult], params: SamplingParams, sampler: Sampler) -> bool:
+    """Whether a stored answer is one of this request: n chains in order, this seed and method (with
+    SMC statistics exactly for smc), known tokens, and each text the very text of its token ids (what
+    the sampler would have produced)."""
+    vocab = sampler.engine.vocab_size
     return len(results) == params.n and all(
         r.chain_index == i
         and r.seed == params.seed
+        and r.method == params.method.value
+        and (r.smc is not None) == (params.method is Method.SMC)
         and len(r.token_ids) <= params.max_new_tokens
         and all(0 <= t < vocab for t in r.token_ids)
+        and r.text == sampler.answer_text(r.token_ids)
         for i, r in enumerate(results)
     )
-
-
-def _fits_checkpoint(
-    index: int, state: ChainState, params: SamplingParams, plan: BudgetPlan, engine: Engine
-) -> bool:
-    """Whether a stored checkpoint can continue chain `index` of this request."""
-    assert params.seed is not None
-    if not (0 <= index < params.n and state.chain_index == index):
-        return False
-    if state.seed != chain_seed(params.seed, index) or not 1 <= state.blocks_done <= plan.num_blocks:
-        return False
-    length = len(state.token_ids)
-    if not length == len(state.logp) == len(state.logq) or length > plan.block_target(state.blocks_done - 1):
-        return False
-    if state.tokens_spent < length or (
-        params.token_budget is not None and state.tokens_spent > params.token_budget
-    ):
-        return False
-    vocab = engine.vocab_size
-    return all(0 <= t < vocab for t in state.token_ids)
 
 
 __all__ = ["CacheKey", "CachePolicy", "CacheStatus", "reason_cached"]

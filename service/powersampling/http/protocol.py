@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from powersampling.params import SMC_FIELDS
+
 # OpenAI parameters we recognise but do not implement: a request that sets one gets a 400 naming it.
 UNSUPPORTED_PARAMS = (
     "logprobs",
@@ -36,7 +38,14 @@ UNSUPPORTED_PARAMS = (
     "web_search_options",
 )
 # The extra body fields, each validated as the gRPC field of the same name is.
-POWER_FIELDS = ("method", "alpha", "proposal_temperature", "block_size", "mcmc_steps", "token_budget")
+POWER_FIELDS = (
+    "alpha",
+    "proposal_temperature",
+    "block_size",
+    "mcmc_steps",
+    "token_budget",
+    *SMC_FIELDS,
+)
 
 
 class _Strict(BaseModel):
@@ -106,6 +115,11 @@ class _SamplingFields(_Strict):
     block_size: int | None = None
     mcmc_steps: int | None = None
     token_budget: int | None = None
+    particles: int | None = None  # Power-SMC (method "smc")
+    sweeps: int | None = None
+    resample_threshold: float | None = None
+    chunk_size: int | None = None
+    ramp_tokens: int | None = None
     tenant: str | None = None
     cache_policy: Literal["use", "bypass", "refresh"] | None = None
     # Recognised and refused when set (see UNSUPPORTED_PARAMS).

@@ -28,6 +28,7 @@ from powersampling.api import ReasonResult
 from powersampling.cache.base import CachePolicy
 from powersampling.engines.base import Engine, Prompt
 from powersampling.errors import InvalidArgument
+from powersampling.events import BlockFinished, SmcChunkFinished
 from powersampling.http.errors import RequestError, error_response, http_error, validation_error
 from powersampling.http.protocol import (
     POWER_FIELDS,
@@ -37,12 +38,20 @@ from powersampling.http.protocol import (
     Usage,
     _SamplingFields,
 )
-from powersampling.params import SamplingParams
+from powersampling.params import Method, SamplingParams
 from powersampling.server.auth import Identity
 from powersampling.serving.core import AccessRecord, ServingCore
 from powersampling.serving.errors import Cancelled
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
-from powersampling.serving.request import RequestLimits, ValidRequest, check_limits, resolve_tenant
+from powersampling.serving.request import (
+    NOT_FOR_SMC,
+    RequestLimits,
+    ValidRequest,
+    check_limits,
+    check_smc_fields,
+    resolve_tenant,
+    smc_options,
+)
 
 logger = logging.getLogger("powersampling.http")
 Body = TypeVar("Body", bound=BaseModel)
@@ -114,10 +123,25 @@ class OpenAIServing:
                     name,
                     "unsupported_parameter",
                 )
-        options: dict[str, Any] = {
+        method = defaults.method
+        if body.method is not None:
+            try:
+                method = Method(body.method)
+            except ValueError:
+                known = ", ".join(m.value for m in Method)
+                raise InvalidArgument(
+                    "method", f"unknown method {body.method!r}; use one of {known}"
+                ) from None
+        given = {
             name: getattr(body, name)
             for name in (*POWER_FIELDS, "seed", "n")
             if getattr(body, name) is not None
+        }
+        check_smc_fields(method, [name for name in NOT_FOR_SMC if name in given])
+        options: dict[str, Any] = {
+            **smc_options(method, defaults, self.core.config.smc_defaults()),
+            **given,
+            "method": method,
         }
         max_tokens_field, max_tokens_value = max_tokens
         if max_tokens_value is not None:
@@ -267,23 +291,36 @@ def info_started(event: CallStarted) -> PowerSamplingInfo:
 
 
 def info_progress(call_id: str, event: CallProgress) -> PowerSamplingInfo:
-    block = event.event
-    state = block.state
-    steps = state.mcmc_steps
-    return PowerSamplingInfo(
-        request_id=call_id,
-        progress={
-            "index": block.chain_index,
-            "block_index": block.block_index,
-            "num_blocks": block.num_blocks,
-            "num_tokens": len(state.token_ids),
-            "tokens_spent": state.tokens_spent,
-            "token_budget": event.token_budget,
-            "mcmc_steps": steps,
-            "acceptance_rate": state.accepted_steps / steps if steps else 0.0,
-            "revised": event.revised,
-        },
-    )
+    """Statistics of one progress event (no text: it may still be revised)."""
+    sampler_event = event.event
+    state = sampler_event.state
+    progress: dict[str, Any] = {
+        "index": sampler_event.chain_index,
+        "tokens_spent": state.tokens_spent,
+        "token_budget": event.params.token_budget,
+        "revised": event.revised,
+    }
+    if isinstance(sampler_event, BlockFinished):
+        steps = sampler_event.state.mcmc_steps
+        progress.update(
+            block_index=sampler_event.block_index,
+            num_blocks=sampler_event.num_blocks,
+            num_tokens=len(sampler_event.state.token_ids),
+            mcmc_steps=steps,
+            acceptance_rate=sampler_event.state.accepted_steps / steps if steps else 0.0,
+        )
+    else:  # Power-SMC: a chunk of a sweep, or a sweep's end
+        progress.update(sweep_index=sampler_event.sweep_index, num_sweeps=sampler_event.num_sweeps)
+        if isinstance(sampler_event, SmcChunkFinished):
+            progress.update(
+                chunk_index=sampler_event.chunk_index,
+                ess=sampler_event.ess,
+                resampled=sampler_event.resampled,
+                particles_alive=sampler_event.particles_alive,
+            )
+        else:
+            progress.update(sweep_finished=True, sweep_accepted=sampler_event.accepted)
+    return PowerSamplingInfo(request_id=call_id, progress=progress)
 
 
 def info_finished(event: CallFinished) -> PowerSamplingInfo:

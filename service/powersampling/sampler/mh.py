@@ -24,20 +24,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from powersampling.engines.base import Engine, ExtendRequest
-from powersampling.errors import EngineError
+from powersampling.engines.base import ExtendRequest
 from powersampling.events import (
     BlockFinished,
     ChainFinished,
     ChainStarted,
     ChainState,
-    EventSink,
+    Checkpoint,
     McmcStepSkipped,
     McmcStepTaken,
+    SamplerEvent,
 )
 from powersampling.params import SamplingParams
+from powersampling.sampler.base import ChainOutcome, Draw, Sampler, chain_seed
 from powersampling.sampler.budget import BudgetPlan
-from powersampling.sampler.stops import StopMatcher
 
 
 def log_acceptance_ratio(
@@ -62,12 +62,6 @@ def log_acceptance_ratio(
 def hastings_length_term(current_length: int, proposal_length: int) -> float:
     """log|x| − log|x'|: the resample position is uniform over each sequence's own length."""
     return math.log(current_length) - math.log(proposal_length)
-
-
-def chain_seed(seed: int, chain_index: int) -> int:
-    """Independent 63-bit seed of chain `chain_index` of a request seeded with `seed`."""
-    state = np.random.SeedSequence([seed, chain_index]).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
 
 
 @dataclass(slots=True)
@@ -122,37 +116,15 @@ class _Chain:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Proposal:
-    tokens: list[int]
-    logp: list[float]
-    logq: list[float]
-    finish_reason: str | None
-    generated: int  # tokens the engine produced, including any cut off after a stop string
-
-
-class PowerSampler:
+class PowerSampler(Sampler):
     """Runs chains of one prompt against an engine; pure: it only awaits the engine it is given."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        on_event: EventSink | None = None,
-    ) -> None:
-        if params.seed is None:
-            raise ValueError("the sampler needs a seeded SamplingParams (see SamplingParams.with_seed)")
-        self.engine = engine
-        self.prompt = tuple(prompt_ids)
-        self.params = params
-        self.plan = BudgetPlan.from_params(params)
-        self.temperature = params.temperature
-        self._emit: EventSink = on_event or (lambda _event: None)
-        self._stops = StopMatcher(params.stop, engine.detokenize) if params.stop else None
+    plan: BudgetPlan
 
-    async def run(self, resume: Mapping[int, ChainState] | None = None) -> list[ChainState]:
+    def _plan(self, params: SamplingParams) -> BudgetPlan:
+        return BudgetPlan.from_params(params)
+
+    async def run(self, resume: Mapping[int, ChainState] | None = None) -> list[ChainState]:  # type: ignore[override]
         """Run the request's n chains concurrently (their proposals meet in the engine's batches)."""
         assert self.params.seed is not None
         resume = resume or {}
@@ -253,7 +225,7 @@ class PowerSampler:
         kept_logq: list[float],
         target: int,
         rng: np.random.Generator,
-    ) -> _Proposal:
+    ) -> Draw:
         """Draw tokens from q after `kept` until `target` tokens, EOS or a stop string."""
         request = ExtendRequest(
             prefix=self.prompt + tuple(kept),
@@ -263,25 +235,56 @@ class PowerSampler:
             stop=self.params.stop,
         )
         (ext,) = await self.engine.extend([request])
-        tokens, logp, logq = list(ext.token_ids), list(ext.logp), list(ext.logq)
-        generated = len(tokens)
-        if not 0 < generated <= request.max_new_tokens or not len(logp) == len(logq) == generated:
-            raise EngineError(
-                f"engine returned {generated} tokens with {len(logp)} log p and {len(logq)} log q "
-                f"for a request of at most {request.max_new_tokens}"
-            )
-        finish_reason = "eos" if ext.ended_by_eos else None
-        if self._stops is not None and finish_reason is None:
-            cut = self._stops.cut(kept, tokens)
-            if cut is not None:
-                tokens, logp, logq = tokens[:cut], logp[:cut], logq[:cut]
-                finish_reason = "stop"
-        return _Proposal(tokens, logp, logq, finish_reason, generated)
+        return self._draw(kept, request, ext)
 
     def finish_reason(self, state: ChainState) -> str:
         return state.finish_reason or "length"
 
     def text(self, state: ChainState) -> str:
         """The answer's text: generated tokens without special tokens, cut before a stop string."""
-        text = self.engine.detokenize(state.token_ids)
-        return self._stops.trim_text(text) if self._stops is not None else text
+        return self.answer_text(state.token_ids)
+
+    def outcome(self, state: Checkpoint) -> ChainOutcome:
+        assert isinstance(state, ChainState)
+        return ChainOutcome(
+            chain_index=state.chain_index,
+            token_ids=state.token_ids,
+            text=self.text(state),
+            finish_reason=self.finish_reason(state),
+            tokens_spent=state.tokens_spent,
+            mcmc_steps=state.mcmc_steps,
+            accepted_steps=state.accepted_steps,
+            changed_steps=state.changed_steps,
+            skipped_steps=state.skipped_steps,
+            log_prob=float(sum(state.logp)),
+        )
+
+    def checkpoint_of(self, event: SamplerEvent) -> Checkpoint | None:
+        return event.state if isinstance(event, BlockFinished) else None
+
+    def resume_position(self, state: Checkpoint) -> int:
+        assert isinstance(state, ChainState)
+        return state.blocks_done
+
+    def fits_checkpoint(self, index: int, state: object) -> bool:
+        """Whether a stored checkpoint can continue chain `index`: this chain's seed, a block of this
+        plan, lengths within that block's target, spend within the budget, known token ids."""
+        params, plan = self.params, self.plan
+        assert params.seed is not None
+        if not isinstance(state, ChainState):
+            return False
+        if not (0 <= index < params.n and state.chain_index == index):
+            return False
+        if state.seed != chain_seed(params.seed, index) or not 1 <= state.blocks_done <= plan.num_blocks:
+            return False
+        length = len(state.token_ids)
+        if not length == len(state.logp) == len(state.logq) or length > plan.block_target(
+            state.blocks_done - 1
+        ):
+            return False
+        if state.tokens_spent < length or (
+            params.token_budget is not None and state.tokens_spent > params.token_budget
+        ):
+            return False
+        vocab = self.engine.vocab_size
+        return all(0 <= t < vocab for t in state.token_ids)

@@ -18,7 +18,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -165,7 +165,7 @@ async def serve(
         telemetry = default_telemetry()
         owns.add("telemetry")
     if cache is None and config.redis_url:
-        cache = await open_cache(config.redis_url)
+        cache = await open_cache(config.redis_url, **config.cache_options())
         owns.add("cache")
     try:
         authenticator = Authenticator(config.auth_token, config.tenant_tokens())
@@ -359,8 +359,8 @@ def build_engine(config: ServerConfig) -> Engine:
     return load_engine(model, engine=config.engine, **config.engine_options())
 
 
-async def open_cache(redis_url: str) -> ChainCache:
-    """The Redis chain cache at `redis_url`."""
+async def open_cache(redis_url: str, **options: Any) -> ChainCache:
+    """The Redis chain cache at `redis_url` (`options`: see `RedisChainCache.from_url`)."""
     try:
         from powersampling.cache.redis_cache import RedisChainCache
     except ImportError as exc:
@@ -368,7 +368,7 @@ async def open_cache(redis_url: str) -> ChainCache:
             "redis_url", f"the Redis cache is not available in this installation ({exc})"
         ) from None
     try:
-        cache = RedisChainCache.from_url(redis_url)
+        cache = RedisChainCache.from_url(redis_url, **options)
     except ValueError as exc:  # a malformed URL
         raise InvalidArgument("redis_url", str(exc)) from None
     if inspect.isawaitable(cache):

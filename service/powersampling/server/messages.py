@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from powersampling import __version__
 from powersampling._proto.v1 import reasoning_pb2 as pb
@@ -10,8 +11,20 @@ from powersampling.api import ReasonResult
 from powersampling.cache.base import CacheStatus
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
-from powersampling.events import ChainState
-from powersampling.params import MAX_ALPHA, MAX_MCMC_STEPS, MAX_STOP_LENGTH, MAX_STOP_STRINGS, SamplingParams
+from powersampling.events import ChainState, SmcChunkFinished, SmcSweepFinished
+from powersampling.params import (
+    MAX_ALPHA,
+    MAX_MCMC_STEPS,
+    MAX_PARTICLES,
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    MAX_SWEEPS,
+    SMC_FIELDS,
+    Method,
+    SamplingParams,
+)
+from powersampling.results import SmcStats
+from powersampling.sampler.smc import SmcPlan
 from powersampling.server.validation import METHODS
 
 METHOD_VALUES = {method: value for value, method in METHODS.items()}
@@ -30,7 +43,15 @@ FINISH_REASONS = {
 }
 
 
-def params_message(params: SamplingParams) -> pb.SamplingParams:
+def params_message(
+    params: SamplingParams, smc_defaults: Mapping[str, Any] | None = None
+) -> pb.SamplingParams:
+    """The parameters as sent back; smc's fields with the values in force (for another method: unset,
+    or `smc_defaults` where a description shows what an smc request would take)."""
+    if params.method is Method.SMC:
+        smc = {name: getattr(params, f"effective_{name}") for name in SMC_FIELDS}
+    else:
+        smc = dict(smc_defaults or {})
     return pb.SamplingParams(
         method=METHOD_VALUES[params.method],  # type: ignore[arg-type]
         alpha=params.alpha,
@@ -42,7 +63,20 @@ def params_message(params: SamplingParams) -> pb.SamplingParams:
         seed=params.seed,
         stop=params.stop,
         n=params.n,
+        **smc,
     )
+
+
+def smc_chunks_per_sweep(params: SamplingParams) -> int:
+    """Most chunks one SMC sweep runs through (as the sampler plans them)."""
+    return SmcPlan.from_params(params).chunks_per_sweep
+
+
+def num_blocks(params: SamplingParams, power_blocks: int) -> int:
+    """Started.num_blocks: power's blocks (`power_blocks`), or smc's chunk slots over all sweeps."""
+    if params.method is Method.SMC:
+        return params.effective_sweeps * smc_chunks_per_sweep(params)
+    return power_blocks
 
 
 def started_event(
@@ -99,6 +133,62 @@ def progress_event(
     )
 
 
+def smc_progress_event(
+    event: SmcChunkFinished | SmcSweepFinished,
+    *,
+    params: SamplingParams,
+    text: str,
+    revised: bool,
+) -> pb.ReasonEvent:
+    """A Progress of method smc: after a chunk (the leading particle's text) or at the end of a sweep
+    (the chain's kept answer). block_index counts chunk slots over all sweeps, like Started.num_blocks."""
+    state = event.state
+    chunks = smc_chunks_per_sweep(params)
+    steps = max(0, state.sweeps_done - 1)  # PIMH steps so far: every sweep after the first
+    progress = pb.Progress(
+        chain_index=event.chain_index,
+        num_blocks=event.num_sweeps * chunks,
+        text=text,
+        revised=revised,
+        acceptance_rate=state.accepted_sweeps / steps if steps else 0.0,
+        change_rate=state.changed_sweeps / steps if steps else 0.0,
+        mcmc_steps=steps,
+        tokens_spent=state.tokens_spent,
+        token_budget=params.token_budget,
+        sweep_index=event.sweep_index,
+        num_sweeps=event.num_sweeps,
+    )
+    if isinstance(event, SmcChunkFinished):
+        progress.block_index = event.sweep_index * chunks + event.chunk_index
+        progress.num_tokens = len(event.leader_token_ids)
+        progress.finished = event.particles_alive == 0
+        progress.ess = event.ess
+        progress.resampled = event.resampled
+        progress.unique_ancestors = event.unique_ancestors
+        progress.particles_alive = event.particles_alive
+    else:
+        progress.block_index = (event.sweep_index + 1) * chunks - 1
+        progress.num_tokens = len(state.answer_token_ids)
+        progress.finished = True
+        progress.unique_ancestors = state.unique_ancestors
+        progress.log_z_hat = event.log_z_hat
+        progress.sweep_finished = True
+        progress.sweep_accepted = event.accepted
+    return pb.ReasonEvent(progress=progress)
+
+
+def smc_stats_message(stats: SmcStats) -> pb.SmcStats:
+    return pb.SmcStats(
+        particles=stats.particles,
+        sweeps=stats.sweeps,
+        accepted_sweeps=stats.accepted_sweeps,
+        resamples=stats.resamples,
+        ess_min=stats.ess_min,
+        unique_ancestors=stats.unique_ancestors,
+        log_z_hat=stats.log_z_hat,
+    )
+
+
 def answer_message(result: ReasonResult) -> pb.Answer:
     return pb.Answer(
         text=result.text,
@@ -115,6 +205,7 @@ def answer_message(result: ReasonResult) -> pb.Answer:
             change_rate=result.change_rate,
             latency_ms=result.latency_s * 1000.0,
             log_prob=result.log_prob,
+            smc=smc_stats_message(result.smc) if result.smc is not None else None,
         ),
         seed=result.seed,
         chain_index=result.chain_index,
@@ -155,7 +246,7 @@ def service_description(
         device=info.device,
         max_context_tokens=info.max_context_tokens,
         has_chat_template=engine.has_chat_template,
-        defaults=params_message(config.default_params()),
+        defaults=params_message(config.default_params(), smc_defaults=config.smc_defaults()),
         limits=pb.ServerLimits(
             max_samples_per_request=config.max_samples_per_request,
             max_prompt_chars=config.max_prompt_chars,
@@ -171,6 +262,8 @@ def service_description(
             max_planned_tokens=config.max_planned_tokens,
             stream_idle_timeout_s=config.stream_idle_timeout_s,
             stream_max_age_s=config.stream_max_age_s or 0.0,
+            max_particles=MAX_PARTICLES,
+            max_sweeps=MAX_SWEEPS,
         ),
         version=__version__,
         cache_enabled=cache_enabled,
@@ -186,8 +279,12 @@ __all__ = [
     "METHOD_VALUES",
     "answer_message",
     "final_event",
+    "num_blocks",
     "params_message",
     "progress_event",
     "service_description",
+    "smc_chunks_per_sweep",
+    "smc_progress_event",
+    "smc_stats_message",
     "started_event",
 ]

@@ -27,9 +27,16 @@ from powersampling.cache.base import ChainCache
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
+from powersampling.events import BlockFinished
 from powersampling.server.auth import Authenticator
 from powersampling.server.errors import ResponseTooLarge, abort_with_status, status_for
-from powersampling.server.messages import final_event, progress_event, service_description, started_event
+from powersampling.server.messages import (
+    final_event,
+    progress_event,
+    service_description,
+    smc_progress_event,
+    started_event,
+)
 from powersampling.server.validation import MalformedRequest, validate_reason_request
 from powersampling.serving.core import MAX_PENDING_EVENTS, AccessRecord, ServingCore
 from powersampling.serving.core import EventBuffer as _EventBuffer
@@ -88,7 +95,11 @@ class ReasoningServicer:
             engine, limits = core.ready_engine()
             identity = core.authenticator.identify(context.invocation_metadata())
             valid = validate_reason_request(
-                request, core.defaults, limits, bound_tenant=identity.tenant if identity else None
+                request,
+                core.defaults,
+                limits,
+                bound_tenant=identity.tenant if identity else None,
+                smc_defaults=self.config.smc_defaults(),
             )
             events = core.reason(valid, request_id=request_id, received=received, access=access)
             # aclosing: if the call ends while suspended here, the run's clean-up still happens now.
@@ -125,13 +136,15 @@ def _message(event: CallEvent, engine: Engine) -> pb.ReasonEvent:
     """The ReasonEvent of one of the core's events."""
     if isinstance(event, CallProgress):
         block = event.event
+        if not isinstance(block, BlockFinished):
+            return smc_progress_event(block, params=event.params, text=event.text, revised=event.revised)
         return progress_event(
             block_index=block.block_index,
             num_blocks=block.num_blocks,
             state=block.state,
             text=event.text,
             revised=event.revised,
-            token_budget=event.token_budget,
+            token_budget=event.params.token_budget,
         )
     if isinstance(event, CallStarted):
         return started_event(

@@ -14,7 +14,9 @@ request is admitted.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
@@ -23,13 +25,16 @@ from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.cache.base import CachePolicy
 from powersampling.engines.base import ChatMessage, Prompt
 from powersampling.errors import InvalidArgument
-from powersampling.params import Method, SamplingParams
+from powersampling.params import SMC_FIELDS, Method, SamplingParams
 from powersampling.serving.request import (
+    NOT_FOR_SMC,
     RequestLimits,
     ValidRequest,
     check_chars,
     check_limits,
+    check_smc_fields,
     resolve_tenant,
+    smc_options,
 )
 
 METHODS: dict[int, Method] = {
@@ -37,6 +42,7 @@ METHODS: dict[int, Method] = {
     pb.METHOD_SAMPLE: Method.SAMPLE,
     pb.METHOD_LOW_TEMP: Method.LOW_TEMP,
     pb.METHOD_GREEDY: Method.GREEDY,
+    pb.METHOD_SMC: Method.SMC,
 }
 CACHE_POLICIES: dict[int, CachePolicy] = {
     pb.CACHE_POLICY_UNSPECIFIED: CachePolicy.USE,
@@ -54,7 +60,10 @@ _OPTIONAL_PARAMS = (
     "token_budget",
     "seed",
     "n",
+    *SMC_FIELDS,
 )
+# Power sampling's knobs that method smc does not use: setting one with it is a mistake worth naming.
+_NOT_FOR_SMC = NOT_FOR_SMC
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +102,13 @@ def validate_reason_request(
     limits: RequestLimits,
     *,
     bound_tenant: str | None = None,
+    smc_defaults: Mapping[str, Any] | None = None,
 ) -> ValidRequest:
     """Check `request` against the server's defaults and limits; raise InvalidArgument naming the field.
 
     `bound_tenant` is the tenant that the caller's credentials carry, if any: it overrides the
-    request's (which may only be empty or equal to it).
+    request's (which may only be empty or equal to it). `smc_defaults` are what an smc request's
+    unset SMC fields take (default: `defaults`' own when its method is smc, else the method's).
     """
     if isinstance(request, MalformedRequest):
         raise InvalidArgument(request.field, request.message)
@@ -107,7 +118,9 @@ def validate_reason_request(
     if cache_policy is None:
         raise InvalidArgument("cache_policy", f"unknown value {request.cache_policy}")
     options = {name: getattr(request, name) for name in _OPTIONAL_PARAMS if request.HasField(name)}
+    options = {**smc_options(method, defaults, smc_defaults), **options}
     params = dataclasses.replace(defaults, method=method, stop=tuple(request.stop), **options)
+    check_smc_fields(method, [name for name in _NOT_FOR_SMC if request.HasField(name)])
     check_limits(params, limits)
     return ValidRequest(
         prompt=prompt,

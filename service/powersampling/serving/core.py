@@ -29,12 +29,21 @@ from powersampling.cache.cached_reason import reason_cached
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
-from powersampling.events import BlockFinished, SamplerEvent
-from powersampling.sampler import BudgetPlan
+from powersampling.events import BlockFinished, SamplerEvent, SmcChunkFinished
+from powersampling.params import SamplingParams
+from powersampling.sampler import make_sampler
+from powersampling.sampler.smc import SmcPlan
 from powersampling.sampler.stops import StopMatcher
 from powersampling.serving.admission import AdmissionControl
 from powersampling.serving.errors import ServiceUnavailable, Unauthenticated
-from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
+from powersampling.serving.events import (
+    PROGRESS_EVENTS,
+    CallEvent,
+    CallFinished,
+    CallProgress,
+    CallStarted,
+    ProgressEvent,
+)
 from powersampling.serving.limits import WorkLimits
 from powersampling.serving.request import RequestLimits, ValidRequest
 from powersampling.telemetry.base import NoTelemetry, RequestObserver, Telemetry
@@ -209,7 +218,8 @@ class _ReasonRun:
         self.prompt_ids = prompt_ids
         self.request_id = request_id
         self.received = received
-        self.num_blocks = BudgetPlan.from_params(self.params).num_blocks
+        self.num_blocks = _planned_blocks(engine, prompt_ids, self.params)
+        self.shown_text: dict[int, str] = {}  # SMC: the text last sent for each chain
         self.stops = StopMatcher(self.params.stop, engine.detokenize) if self.params.stop else None
         self.buffer: EventBuffer[CallStarted] = EventBuffer(MAX_PENDING_EVENTS)
         self.cache_status: CacheStatus | None = None
@@ -245,7 +255,7 @@ class _ReasonRun:
 
     def _on_event(self, event: SamplerEvent) -> None:
         _observe(self.observer.on_event, event)
-        if isinstance(event, BlockFinished):
+        if isinstance(event, PROGRESS_EVENTS):
             self._chain_tokens[event.chain_index] = event.state.tokens_spent
             self.buffer.put(event)
 
@@ -254,14 +264,24 @@ class _ReasonRun:
         """Proposal tokens the chains have spent so far (an answer from the cache spends none)."""
         return sum(self._chain_tokens.values())
 
-    def _progress(self, event: BlockFinished) -> CallProgress:
+    def _progress(self, event: ProgressEvent) -> CallProgress:
         # Detokenizing one chain's text is cheap next to the block of model work that produced it.
-        text = self.engine.detokenize(event.state.token_ids)
-        if self.stops is not None:
-            text = self.stops.trim_text(text)
-        return CallProgress(
-            event=event, text=text, revised=event.revised, token_budget=self.params.token_budget
-        )
+        if isinstance(event, SmcChunkFinished):
+            text = self._text(event.leader_token_ids)
+        else:
+            text = self._text(event.state.token_ids)  # SmcSweepFinished: the chain's kept answer
+        if isinstance(event, BlockFinished):
+            revised = event.revised
+        else:
+            # Another particle may lead now: revised when the text no longer extends what was shown.
+            shown = self.shown_text.get(event.chain_index, "")
+            self.shown_text[event.chain_index] = text
+            revised = not text.startswith(shown)
+        return CallProgress(event=event, text=text, revised=revised, params=self.params)
+
+    def _text(self, token_ids: Sequence[int]) -> str:
+        text = self.engine.detokenize(token_ids)
+        return self.stops.trim_text(text) if self.stops is not None else text
 
     async def stream(self) -> AsyncGenerator[CallEvent, None]:
         task = asyncio.get_running_loop().create_task(
@@ -308,15 +328,16 @@ class _ReasonRun:
 class EventBuffer(Generic[T]):
     """Hands the sampler's callbacks' output to the iterating coroutine, in order.
 
-    Holds other items (a call's start) and BlockFinished events. Once `max_pending` items wait
-    unsent (the client reads slower than the sampler runs), the buffer coalesces until it has
-    drained: a new BlockFinished replaces every unsent one of the same chain (marked revised if any
-    was; its text supersedes theirs). So a slow or stuck client costs at most `max_pending` events,
+    Holds other items (a call's start) and progress events (MH blocks, SMC chunks and sweeps). Once
+    `max_pending` items wait unsent (the client reads slower than the sampler runs), the buffer
+    coalesces until it has drained: a new progress event replaces every unsent one of the same chain
+    (an MH block is marked revised if any was; SMC's revised is judged against the text actually
+    sent; its text supersedes theirs). So a slow or stuck client costs at most `max_pending` events,
     and after that one per chain, however long it does not read.
     """
 
     def __init__(self, max_pending: int) -> None:
-        self._items: deque[T | BlockFinished] = deque()
+        self._items: deque[T | ProgressEvent] = deque()
         self._max_pending = max_pending
         self._coalescing = False
         self._wakeup = asyncio.Event()
@@ -325,19 +346,19 @@ class EventBuffer(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: T | BlockFinished) -> None:
+    def put(self, item: T | ProgressEvent) -> None:
         if len(self._items) >= self._max_pending:
             self._coalescing = True
-        if isinstance(item, BlockFinished) and self._coalescing:
-            revised = item.revised
-            kept: deque[T | BlockFinished] = deque()
+        if isinstance(item, PROGRESS_EVENTS) and self._coalescing:
+            revised = isinstance(item, BlockFinished) and item.revised
+            kept: deque[T | ProgressEvent] = deque()
             for old in self._items:
-                if isinstance(old, BlockFinished) and old.chain_index == item.chain_index:
-                    revised = revised or old.revised
+                if isinstance(old, PROGRESS_EVENTS) and old.chain_index == item.chain_index:
+                    revised = revised or (isinstance(old, BlockFinished) and old.revised)
                 else:
                     kept.append(old)
             self._items = kept
-            if revised != item.revised:
+            if isinstance(item, BlockFinished) and revised != item.revised:
                 item = dataclasses.replace(item, revised=revised)
         self._items.append(item)
         self._wakeup.set()
@@ -346,7 +367,7 @@ class EventBuffer(Generic[T]):
         self._closed = True
         self._wakeup.set()
 
-    async def __aiter__(self) -> AsyncIterator[T | BlockFinished]:
+    async def __aiter__(self) -> AsyncIterator[T | ProgressEvent]:
         while True:
             while self._items:
                 yield self._items.popleft()
@@ -355,6 +376,15 @@ class EventBuffer(Generic[T]):
                 return
             self._wakeup.clear()
             await self._wakeup.wait()
+
+
+def _planned_blocks(engine: Engine, prompt_ids: Sequence[int], params: SamplingParams) -> int:
+    """The call's progress slots, from the sampler's own plan: MH's blocks, or SMC's chunks over
+    all sweeps. (The plan does not depend on the seed; an unseeded request draws its own later.)"""
+    plan = make_sampler(engine, prompt_ids, params.with_seed(0)).plan
+    if isinstance(plan, SmcPlan):
+        return plan.sweeps * plan.chunks_per_sweep
+    return int(plan.num_blocks)  # type: ignore[attr-defined]
 
 
 def _observe(hook: Callable[..., Any], *args: Any) -> None:

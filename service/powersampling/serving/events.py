@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from powersampling.api import ReasonResult
 from powersampling.cache.base import CacheStatus
 from powersampling.engines.base import EngineInfo
-from powersampling.events import BlockFinished
+from powersampling.events import BlockFinished, SmcChunkFinished, SmcSweepFinished
 from powersampling.params import SamplingParams
+
+# Sampler events that a call reports as progress (MH blocks; SMC chunks and sweeps).
+PROGRESS_EVENTS = (BlockFinished, SmcChunkFinished, SmcSweepFinished)
+ProgressEvent = BlockFinished | SmcChunkFinished | SmcSweepFinished
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +31,13 @@ class CallStarted:
 
 @dataclass(frozen=True, slots=True)
 class CallProgress:
-    """A chain finished a block: its whole current text (stop strings cut), which later blocks may revise."""
+    """A chain moved on (an MH block; an SMC chunk or sweep): its whole current text (stop strings
+    cut), which later progress may revise."""
 
-    event: BlockFinished
+    event: ProgressEvent
     text: str
     revised: bool  # earlier text of this chain changed since the last progress sent for it
-    token_budget: int | None
+    params: SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,4 +54,4 @@ class CallFinished:
 
 CallEvent = CallStarted | CallProgress | CallFinished
 
-__all__ = ["CallEvent", "CallFinished", "CallProgress", "CallStarted"]
+__all__ = ["PROGRESS_EVENTS", "CallEvent", "CallFinished", "CallProgress", "CallStarted", "ProgressEvent"]

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from powersampling.config import ServerConfig
 from powersampling.errors import InvalidArgument
-from powersampling.params import SamplingParams
+from powersampling.params import Method, SamplingParams
 from powersampling.sampler.budget import BudgetPlan
+from powersampling.sampler.smc import SmcPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,17 @@ def planned_tokens_per_chain(params: SamplingParams) -> int:
 
     A proposal in block k regenerates at most the block's target length, so the worst case is
     T + N * sum_k target_k; a token_budget caps the chain's total (the sampler enforces it).
-    Baselines (sample, low-temp, greedy) plan T tokens and no steps.
+    Baselines (sample, low-temp, greedy) plan T tokens and no steps; smc plans every particle of
+    every sweep running to T.
     """
-    plan = BudgetPlan.from_params(params)
-    worst = plan.max_new_tokens + plan.mcmc_steps * sum(plan.block_target(k) for k in range(plan.num_blocks))
+    if params.method is Method.SMC:
+        smc = SmcPlan.from_params(params)
+        worst = smc.sweeps * smc.sweep_cost_bound
+    else:
+        plan = BudgetPlan.from_params(params)
+        worst = plan.max_new_tokens + plan.mcmc_steps * sum(
+            plan.block_target(k) for k in range(plan.num_blocks)
+        )
     if params.token_budget is not None:
         return min(worst, params.token_budget)
     return worst
@@ -71,10 +79,14 @@ def check_work(params: SamplingParams, limits: WorkLimits) -> None:
     planned = planned_tokens(params)
     if planned > limits.max_planned_tokens:
         per_chain = max(limits.max_planned_tokens // params.n, 1)
+        if params.method is Method.SMC:
+            knobs = f"particles={params.effective_particles}, sweeps={params.effective_sweeps}"
+        else:
+            knobs = f"block_size={params.block_size}, mcmc_steps={params.mcmc_steps}"
         raise InvalidArgument(
             "token_budget",
             f"the request plans up to {planned} proposal tokens (max_new_tokens={params.max_new_tokens}, "
-            f"block_size={params.block_size}, mcmc_steps={params.mcmc_steps}, n={params.n}), over the "
+            f"{knobs}, n={params.n}), over the "
             f"server's max_planned_tokens of {limits.max_planned_tokens}; set a token_budget of at most "
             f"{per_chain} or ask for less",
         )

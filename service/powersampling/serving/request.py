@@ -16,7 +16,7 @@ from powersampling.cache.base import CachePolicy
 from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.base import Prompt
 from powersampling.errors import InvalidArgument
-from powersampling.params import SamplingParams
+from powersampling.params import SMC_FIELDS, Method, SamplingParams
 from powersampling.serving.errors import PermissionDenied
 from powersampling.serving.limits import WorkLimits, check_work
 
@@ -61,6 +61,33 @@ def check_limits(params: SamplingParams, limits: RequestLimits) -> None:
         check_work(params, limits.work)
 
 
+# Power sampling's knobs that method smc does not use: setting one with it is a mistake worth naming.
+NOT_FOR_SMC = ("block_size", "mcmc_steps")
+
+
+def smc_options(
+    method: Method, defaults: SamplingParams, smc_defaults: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The SMC fields before the request's own: the values in force for smc (so the resolved
+    parameters say what ran), unset for every other method (where setting one is refused)."""
+    if method is not Method.SMC:
+        return dict.fromkeys(SMC_FIELDS)
+    if smc_defaults is None:  # None leaves a field to the method's own default
+        smc_defaults = (
+            {name: getattr(defaults, name) for name in SMC_FIELDS} if defaults.method is Method.SMC else {}
+        )
+    return {name: smc_defaults.get(name) for name in SMC_FIELDS}
+
+
+def check_smc_fields(method: Method, set_fields: Sequence[str]) -> None:
+    """Refuse power sampling's knobs (NOT_FOR_SMC) that a request set along with method smc."""
+    if method is Method.SMC:
+        for name in set_fields:
+            raise InvalidArgument(
+                name, "is not used by method smc; leave it unset (smc takes particles, sweeps, chunk_size)"
+            )
+
+
 def check_chars(field_name: str, chars: int, limits: RequestLimits) -> None:
     """Refuse a prompt longer than the server's max_prompt_chars."""
     if chars > limits.max_prompt_chars:
@@ -87,4 +114,13 @@ def resolve_tenant(requested: str, bound: str | None) -> str:
     return requested
 
 
-__all__ = ["RequestLimits", "ValidRequest", "check_chars", "check_limits", "resolve_tenant"]
+__all__ = [
+    "NOT_FOR_SMC",
+    "RequestLimits",
+    "ValidRequest",
+    "check_chars",
+    "check_limits",
+    "check_smc_fields",
+    "resolve_tenant",
+    "smc_options",
+]

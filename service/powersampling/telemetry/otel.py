@@ -27,8 +27,12 @@ Spans (one trace per request)::
     /powersampling.v1.Reasoning/Reason      gRPC server span (opentelemetry-instrumentation-grpc)
     └── Reason                              INTERNAL (SERVER when there is no gRPC parent)
         └── sampling                        the sampler run (absent on a cache hit)
-            └── block                       one per (chain, block); MCMC steps are its events:
-                                            "mcmc.step" and "mcmc.step_skipped"
+            ├── block                       one per (chain, block); MCMC steps are its events:
+            │                               "mcmc.step" and "mcmc.step_skipped"
+            └── sweep                       Power-SMC: one per (chain, sweep); events "smc.ess" after
+                                            every chunk and "smc.resample" when the particles were
+                                            resampled; attributes powersampling.ess_min, .resamples,
+                                            .unique_ancestors, .log_z_hat and .pimh.accepted
 
 Metrics (meter ``powersampling``) and the names the OpenTelemetry Collector's Prometheus exporter gives
 them with its default settings (``.`` becomes ``_``; unit ``s`` appends ``_seconds``; units in braces such
@@ -94,8 +98,10 @@ from powersampling.events import (
     McmcStepSkipped,
     McmcStepTaken,
     SamplerEvent,
+    SmcChunkFinished,
+    SmcSweepFinished,
 )
-from powersampling.params import SamplingParams
+from powersampling.params import Method, SamplingParams
 from powersampling.telemetry.base import NoTelemetry, RequestObserver, Telemetry
 
 log = logging.getLogger(__name__)
@@ -108,6 +114,9 @@ STEP_EVENTS_ENV = "POWERSAMPLING_TRACES_MCMC_STEPS"  # "false": no per-step span
 REQUEST_SPAN = "Reason"
 SAMPLING_SPAN = "sampling"
 BLOCK_SPAN = "block"
+SWEEP_SPAN = "sweep"
+ESS_EVENT = "smc.ess"
+RESAMPLE_EVENT = "smc.resample"
 STEP_EVENT = "mcmc.step"
 SKIPPED_STEP_EVENT = "mcmc.step_skipped"
 FIRST_EVENT_SENT_EVENT = "first_event_sent"
@@ -416,6 +425,15 @@ class _Block:
 
 
 @dataclass(slots=True)
+class _Sweep:
+    """The open Power-SMC sweep of one chain: its span is created at its first chunk, back-dated."""
+
+    sweep_index: int
+    start_ns: int
+    span: trace.Span | None = None
+
+
+@dataclass(slots=True)
 class _Totals:
     """What the events showed (used when a request fails before it has results)."""
 
@@ -451,6 +469,7 @@ class _RequestObserver:
         self._finished = False
         self._totals = _Totals()
         self._blocks: dict[int, _Block] = {}
+        self._sweeps: dict[int, _Sweep] = {}  # Power-SMC, by chain
         self._sampling: trace.Span | None = None
         self._sampling_ctx: otel_context.Context | None = None
         self._metric_attrs = {
@@ -489,6 +508,16 @@ class _RequestObserver:
             attributes["gen_ai.request.stop_sequences"] = list(params.stop)
         if params.token_budget is not None:
             attributes["powersampling.token_budget"] = params.token_budget
+        if params.method is Method.SMC:
+            attributes.update(
+                {
+                    "powersampling.particles": params.effective_particles,
+                    "powersampling.sweeps": params.effective_sweeps,
+                    "powersampling.chunk_size": params.effective_chunk_size,
+                    "powersampling.resample_threshold": params.effective_resample_threshold,
+                    "powersampling.ramp_tokens": params.effective_ramp_tokens,
+                }
+            )
         self._span = telemetry.tracer.start_span(REQUEST_SPAN, kind=kind, attributes=attributes)
         self._request_ctx = trace.set_span_in_context(self._span)
         # A trace the sampler dropped (OTEL_TRACES_SAMPLER) needs no block bookkeeping at all.
@@ -509,6 +538,10 @@ class _RequestObserver:
             self._on_step(event)
         elif isinstance(event, BlockFinished):
             self._on_block_finished(event)
+        elif isinstance(event, SmcChunkFinished):
+            self._on_chunk_finished(event)
+        elif isinstance(event, SmcSweepFinished):
+            self._on_sweep_finished(event)
         elif isinstance(event, McmcStepSkipped):
             self._on_step_skipped(event)
         elif isinstance(event, ChainStarted):
@@ -542,6 +575,9 @@ class _RequestObserver:
             return
         if self._sampling is None:
             self._start_sampling(e.num_blocks)
+        if self._params.method is Method.SMC:
+            self._sweeps[e.chain_index] = _Sweep(-1, time.time_ns())  # the index is known at its first chunk
+            return
         self._blocks[e.chain_index] = _Block(
             e.chain_index, e.resumed_from_block, time.time_ns(), 0 if e.resumed_from_block == 0 else None
         )
@@ -624,8 +660,83 @@ class _RequestObserver:
         else:
             del self._blocks[e.chain_index]
 
+    def _on_chunk_finished(self, e: SmcChunkFinished) -> None:
+        self._totals.tokens_by_chain[e.chain_index] = e.tokens_spent
+        if not self._tracing:
+            return
+        span = self._sweep(e.chain_index, e.sweep_index)
+        span.add_event(
+            ESS_EVENT,
+            {"chunk_index": e.chunk_index, "ess": e.ess, "particles_alive": e.particles_alive},
+        )
+        if e.resampled:
+            span.add_event(
+                RESAMPLE_EVENT,
+                {"chunk_index": e.chunk_index, "ess": e.ess, "unique_ancestors": e.unique_ancestors},
+            )
+
+    def _on_sweep_finished(self, e: SmcSweepFinished) -> None:
+        state = e.state
+        totals = self._totals
+        totals.tokens_by_chain[e.chain_index] = state.tokens_spent
+        if e.sweep_index > 0:  # later sweeps are particle independent MH steps
+            totals.steps += 1
+            totals.accepted += e.accepted
+        if not self._tracing:
+            return
+        span = self._sweep(e.chain_index, e.sweep_index)
+        span.set_attributes(
+            {
+                "powersampling.num_sweeps": e.num_sweeps,
+                "powersampling.ess_min": state.sweep_ess_min,
+                "powersampling.resamples": state.sweep_resamples,
+                "powersampling.unique_ancestors": state.unique_ancestors,
+                "powersampling.log_z_hat": e.log_z_hat,
+                "powersampling.pimh.accepted": e.accepted,
+                "powersampling.length": len(e.answer_token_ids),
+                "powersampling.chain_tokens_spent": state.tokens_spent,
+            }
+        )
+        span.end()
+        self._sweeps[e.chain_index] = _Sweep(e.sweep_index + 1, time.time_ns())
+
+    def _sweep(self, chain_index: int, sweep_index: int) -> trace.Span:
+        """The chain's open sweep span, started (back-dated to the sweep's start) on first use."""
+        sweep = self._sweeps.get(chain_index)
+        if sweep is not None and sweep.span is not None and sweep.sweep_index != sweep_index:
+            sweep.span.end()  # out of order: close the old one rather than leak it
+            sweep = None
+        if sweep is None:
+            sweep = _Sweep(sweep_index, time.time_ns())
+        sweep.sweep_index = sweep_index
+        self._sweeps[chain_index] = sweep
+        if sweep.span is None:
+            if self._sampling is None:
+                self._start_sampling(0)
+            sweep.span = self._t.tracer.start_span(
+                SWEEP_SPAN,
+                context=self._sampling_ctx,
+                start_time=sweep.start_ns,
+                attributes={
+                    "powersampling.chain_index": chain_index,
+                    "powersampling.sweep_index": sweep_index,
+                },
+            )
+        return sweep.span
+
+    def _end_sweeps(self) -> None:
+        """End sweep spans cut short (an error, a cancel, a deadline)."""
+        for sweep in self._sweeps.values():
+            if sweep.span is not None:
+                sweep.span.set_attribute("powersampling.interrupted", True)
+                sweep.span.end()
+        self._sweeps.clear()
+
     def _on_chain_finished(self, e: ChainFinished) -> None:
         self._totals.tokens_by_chain[e.chain_index] = e.state.tokens_spent
+        sweep = self._sweeps.pop(e.chain_index, None)
+        if sweep is not None and sweep.span is not None:
+            sweep.span.end()
         block = self._blocks.pop(e.chain_index, None)
         if block is not None and block.span is not None:
             block.span.end()
@@ -687,6 +798,7 @@ class _RequestObserver:
             )
             span.end()
         self._blocks.clear()
+        self._end_sweeps()
         span = self._span
         attributes: dict[str, Any] = {
             "powersampling.steps_taken": summary.steps,
@@ -704,6 +816,17 @@ class _RequestObserver:
             attributes["powersampling.budget_spent"] = summary.tokens_proposed
         if summary.budget_utilisation is not None:
             attributes["powersampling.budget_utilisation"] = summary.budget_utilisation
+        smc = [r.smc for r in results or () if r.smc is not None]
+        if smc:
+            attributes.update(
+                {
+                    "powersampling.ess_min": min(s.ess_min for s in smc),
+                    "powersampling.resamples": sum(s.resamples for s in smc),
+                    "powersampling.unique_ancestors": min(s.unique_ancestors for s in smc),
+                    "powersampling.log_z_hat": [s.log_z_hat for s in smc],  # one per chain
+                    "powersampling.pimh.acceptance_rate": summary.acceptance_rate,
+                }
+            )
         if results:
             attributes["gen_ai.response.model"] = results[0].model
             attributes["gen_ai.response.finish_reasons"] = [r.finish_reason for r in results]

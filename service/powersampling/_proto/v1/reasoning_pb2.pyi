@@ -14,6 +14,7 @@ class Method(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METHOD_SAMPLE: _ClassVar[Method]
     METHOD_LOW_TEMP: _ClassVar[Method]
     METHOD_GREEDY: _ClassVar[Method]
+    METHOD_SMC: _ClassVar[Method]
 
 class CachePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +44,7 @@ METHOD_POWER: Method
 METHOD_SAMPLE: Method
 METHOD_LOW_TEMP: Method
 METHOD_GREEDY: Method
+METHOD_SMC: Method
 CACHE_POLICY_UNSPECIFIED: CachePolicy
 CACHE_POLICY_USE: CachePolicy
 CACHE_POLICY_BYPASS: CachePolicy
@@ -80,7 +82,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReasonRequest(_message.Message):
-    __slots__ = ("text", "messages", "token_ids", "method", "alpha", "proposal_temperature", "block_size", "max_new_tokens", "mcmc_steps", "token_budget", "seed", "stop", "n", "cache_policy", "chat", "tenant")
+    __slots__ = ("text", "messages", "token_ids", "method", "alpha", "proposal_temperature", "block_size", "max_new_tokens", "mcmc_steps", "token_budget", "seed", "stop", "n", "particles", "sweeps", "resample_threshold", "chunk_size", "ramp_tokens", "cache_policy", "chat", "tenant")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +96,11 @@ class ReasonRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
+    PARTICLES_FIELD_NUMBER: _ClassVar[int]
+    SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RAMP_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_POLICY_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -110,13 +117,18 @@ class ReasonRequest(_message.Message):
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     n: int
+    particles: int
+    sweeps: int
+    resample_threshold: float
+    chunk_size: int
+    ramp_tokens: int
     cache_policy: CachePolicy
     chat: bool
     tenant: str
-    def __init__(self, text: _Optional[str] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., alpha: _Optional[float] = ..., proposal_temperature: _Optional[float] = ..., block_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., mcmc_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., cache_policy: _Optional[_Union[CachePolicy, str]] = ..., chat: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., alpha: _Optional[float] = ..., proposal_temperature: _Optional[float] = ..., block_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., mcmc_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., particles: _Optional[int] = ..., sweeps: _Optional[int] = ..., resample_threshold: _Optional[float] = ..., chunk_size: _Optional[int] = ..., ramp_tokens: _Optional[int] = ..., cache_policy: _Optional[_Union[CachePolicy, str]] = ..., chat: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("method", "alpha", "proposal_temperature", "block_size", "max_new_tokens", "mcmc_steps", "token_budget", "seed", "stop", "n")
+    __slots__ = ("method", "alpha", "proposal_temperature", "block_size", "max_new_tokens", "mcmc_steps", "token_budget", "seed", "stop", "n", "particles", "sweeps", "resample_threshold", "chunk_size", "ramp_tokens")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     PROPOSAL_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +139,11 @@ class SamplingParams(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
+    PARTICLES_FIELD_NUMBER: _ClassVar[int]
+    SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RAMP_TOKENS_FIELD_NUMBER: _ClassVar[int]
     method: Method
     alpha: float
     proposal_temperature: float
@@ -137,7 +154,12 @@ class SamplingParams(_message.Message):
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     n: int
-    def __init__(self, method: _Optional[_Union[Method, str]] = ..., alpha: _Optional[float] = ..., proposal_temperature: _Optional[float] = ..., block_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., mcmc_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ...) -> None: ...
+    particles: int
+    sweeps: int
+    resample_threshold: float
+    chunk_size: int
+    ramp_tokens: int
+    def __init__(self, method: _Optional[_Union[Method, str]] = ..., alpha: _Optional[float] = ..., proposal_temperature: _Optional[float] = ..., block_size: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., mcmc_steps: _Optional[int] = ..., token_budget: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., n: _Optional[int] = ..., particles: _Optional[int] = ..., sweeps: _Optional[int] = ..., resample_threshold: _Optional[float] = ..., chunk_size: _Optional[int] = ..., ramp_tokens: _Optional[int] = ...) -> None: ...
 
 class ReasonEvent(_message.Message):
     __slots__ = ("started", "progress", "final")
@@ -174,7 +196,7 @@ class Started(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., cache_status: _Optional[_Union[CacheStatus, str]] = ..., resumed_from_block: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., num_blocks: _Optional[int] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., temperature: _Optional[float] = ..., model: _Optional[str] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("chain_index", "block_index", "num_blocks", "text", "revised", "acceptance_rate", "change_rate", "mcmc_steps", "tokens_spent", "token_budget", "num_tokens", "finished")
+    __slots__ = ("chain_index", "block_index", "num_blocks", "text", "revised", "acceptance_rate", "change_rate", "mcmc_steps", "tokens_spent", "token_budget", "num_tokens", "finished", "sweep_index", "num_sweeps", "ess", "resampled", "unique_ancestors", "particles_alive", "log_z_hat", "sweep_finished", "sweep_accepted")
     CHAIN_INDEX_FIELD_NUMBER: _ClassVar[int]
     BLOCK_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +209,15 @@ class Progress(_message.Message):
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    ESS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLED_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    PARTICLES_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    LOG_Z_HAT_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SWEEP_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     chain_index: int
     block_index: int
     num_blocks: int
@@ -199,10 +230,19 @@ class Progress(_message.Message):
     token_budget: int
     num_tokens: int
     finished: bool
-    def __init__(self, chain_index: _Optional[int] = ..., block_index: _Optional[int] = ..., num_blocks: _Optional[int] = ..., text: _Optional[str] = ..., revised: _Optional[bool] = ..., acceptance_rate: _Optional[float] = ..., change_rate: _Optional[float] = ..., mcmc_steps: _Optional[int] = ..., tokens_spent: _Optional[int] = ..., token_budget: _Optional[int] = ..., num_tokens: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    sweep_index: int
+    num_sweeps: int
+    ess: float
+    resampled: bool
+    unique_ancestors: int
+    particles_alive: int
+    log_z_hat: float
+    sweep_finished: bool
+    sweep_accepted: bool
+    def __init__(self, chain_index: _Optional[int] = ..., block_index: _Optional[int] = ..., num_blocks: _Optional[int] = ..., text: _Optional[str] = ..., revised: _Optional[bool] = ..., acceptance_rate: _Optional[float] = ..., change_rate: _Optional[float] = ..., mcmc_steps: _Optional[int] = ..., tokens_spent: _Optional[int] = ..., token_budget: _Optional[int] = ..., num_tokens: _Optional[int] = ..., finished: _Optional[bool] = ..., sweep_index: _Optional[int] = ..., num_sweeps: _Optional[int] = ..., ess: _Optional[float] = ..., resampled: _Optional[bool] = ..., unique_ancestors: _Optional[int] = ..., particles_alive: _Optional[int] = ..., log_z_hat: _Optional[float] = ..., sweep_finished: _Optional[bool] = ..., sweep_accepted: _Optional[bool] = ...) -> None: ...
 
 class AnswerStats(_message.Message):
-    __slots__ = ("tokens_spent", "token_budget", "mcmc_steps", "accepted", "changed", "skipped", "acceptance_rate", "change_rate", "latency_ms", "log_prob")
+    __slots__ = ("tokens_spent", "token_budget", "mcmc_steps", "accepted", "changed", "skipped", "acceptance_rate", "change_rate", "latency_ms", "log_prob", "smc")
     TOKENS_SPENT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MCMC_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +253,7 @@ class AnswerStats(_message.Message):
     CHANGE_RATE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     LOG_PROB_FIELD_NUMBER: _ClassVar[int]
+    SMC_FIELD_NUMBER: _ClassVar[int]
     tokens_spent: int
     token_budget: int
     mcmc_steps: int
@@ -223,7 +264,26 @@ class AnswerStats(_message.Message):
     change_rate: float
     latency_ms: float
     log_prob: float
-    def __init__(self, tokens_spent: _Optional[int] = ..., token_budget: _Optional[int] = ..., mcmc_steps: _Optional[int] = ..., accepted: _Optional[int] = ..., changed: _Optional[int] = ..., skipped: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., change_rate: _Optional[float] = ..., latency_ms: _Optional[float] = ..., log_prob: _Optional[float] = ...) -> None: ...
+    smc: SmcStats
+    def __init__(self, tokens_spent: _Optional[int] = ..., token_budget: _Optional[int] = ..., mcmc_steps: _Optional[int] = ..., accepted: _Optional[int] = ..., changed: _Optional[int] = ..., skipped: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., change_rate: _Optional[float] = ..., latency_ms: _Optional[float] = ..., log_prob: _Optional[float] = ..., smc: _Optional[_Union[SmcStats, _Mapping]] = ...) -> None: ...
+
+class SmcStats(_message.Message):
+    __slots__ = ("particles", "sweeps", "accepted_sweeps", "resamples", "ess_min", "unique_ancestors", "log_z_hat")
+    PARTICLES_FIELD_NUMBER: _ClassVar[int]
+    SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_SWEEPS_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ESS_MIN_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    LOG_Z_HAT_FIELD_NUMBER: _ClassVar[int]
+    particles: int
+    sweeps: int
+    accepted_sweeps: int
+    resamples: int
+    ess_min: float
+    unique_ancestors: int
+    log_z_hat: float
+    def __init__(self, particles: _Optional[int] = ..., sweeps: _Optional[int] = ..., accepted_sweeps: _Optional[int] = ..., resamples: _Optional[int] = ..., ess_min: _Optional[float] = ..., unique_ancestors: _Optional[int] = ..., log_z_hat: _Optional[float] = ...) -> None: ...
 
 class Answer(_message.Message):
     __slots__ = ("text", "token_ids", "finish_reason", "stats", "seed", "chain_index")
@@ -266,7 +326,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_samples_per_request", "max_prompt_chars", "max_message_bytes", "max_stop_strings", "max_stop_length", "max_concurrent_requests", "max_queue", "max_mcmc_steps", "max_alpha", "max_new_tokens", "max_token_budget", "max_planned_tokens", "stream_idle_timeout_s", "stream_max_age_s")
+    __slots__ = ("max_samples_per_request", "max_prompt_chars", "max_message_bytes", "max_stop_strings", "max_stop_length", "max_concurrent_requests", "max_queue", "max_mcmc_steps", "max_alpha", "max_new_tokens", "max_token_budget", "max_planned_tokens", "stream_idle_timeout_s", "stream_max_age_s", "max_particles", "max_sweeps")
     MAX_SAMPLES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +341,8 @@ class ServerLimits(_message.Message):
     MAX_PLANNED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STREAM_IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     STREAM_MAX_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARTICLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SWEEPS_FIELD_NUMBER: _ClassVar[int]
     max_samples_per_request: int
     max_prompt_chars: int
     max_message_bytes: int
@@ -295,7 +357,9 @@ class ServerLimits(_message.Message):
     max_planned_tokens: int
     stream_idle_timeout_s: float
     stream_max_age_s: float
-    def __init__(self, max_samples_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_length: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_mcmc_steps: _Optional[int] = ..., max_alpha: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., max_token_budget: _Optional[int] = ..., max_planned_tokens: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., stream_max_age_s: _Optional[float] = ...) -> None: ...
+    max_particles: int
+    max_sweeps: int
+    def __init__(self, max_samples_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_length: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_mcmc_steps: _Optional[int] = ..., max_alpha: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., max_token_budget: _Optional[int] = ..., max_planned_tokens: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., stream_max_age_s: _Optional[float] = ..., max_particles: _Optional[int] = ..., max_sweeps: _Optional[int] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
     __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled", "engine_settings")
