@@ -138,3 +138,8 @@ def sse_events(text: str) -> list[Any]:
 
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def extension(obj: Any) -> dict[str, Any]:
+    """The `powersampling` field of an SDK response or chunk ({} when absent or null)."""
+    return dict((getattr(obj, "model_extra", None) or {}).get("powersampling") or {})

@@ -51,7 +51,12 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("completions", {"prompt": "xyz"}, 400, "prompt"),  # characters outside the toy vocabulary
     ("completions", {"prompt": "ab", "model": "gpt-4o"}, 404, "model"),
     ("completions", {"prompt": "ab", "stream": "yes"}, 400, "stream"),
-    ("completions", {"prompt": "ab", "stream_options": {"include_usage": 1}}, 400, "stream_options.include_usage"),
+    (
+        "completions",
+        {"prompt": "ab", "stream_options": {"include_usage": 1}},
+        400,
+        "stream_options.include_usage",
+    ),
     ("chat/completions", {"messages": []}, 400, "messages"),
     ("chat/completions", {}, 400, "messages"),
     ("chat/completions", {"messages": [{"role": "wizard", "content": "ab"}]}, 400, "messages[0].role"),
@@ -60,14 +65,29 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("chat/completions", {"messages": "ab"}, 400, "messages"),
     ("chat/completions", {"messages": MESSAGES, "top_p": 0.9}, 400, "top_p"),
     ("chat/completions", {"messages": MESSAGES, "temperature": 0.7}, 400, "temperature"),
-    ("chat/completions", {"messages": MESSAGES, "response_format": {"type": "json_object"}}, 400, "response_format"),
+    (
+        "chat/completions",
+        {"messages": MESSAGES, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
+    ),
     ("chat/completions", {"messages": MESSAGES, "logprobs": True}, 400, "logprobs"),
     ("chat/completions", {"messages": MESSAGES, "presence_penalty": 1}, 400, "presence_penalty"),
-    ("chat/completions", {"messages": MESSAGES, "max_tokens": 8, "max_completion_tokens": 9}, 400, "max_completion_tokens"),
+    (
+        "chat/completions",
+        {"messages": MESSAGES, "max_tokens": 8, "max_completion_tokens": 9},
+        400,
+        "max_completion_tokens",
+    ),
     ("chat/completions", {"messages": MESSAGES, "max_completion_tokens": -3}, 400, "max_completion_tokens"),
     ("chat/completions", {"messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools[0].function"),
     ("chat/completions", {"messages": MESSAGES, "tool_choice": "required"}, 400, "tool_choice"),
-    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 400, "messages[0].content"),
+    (
+        "chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        400,
+        "messages[0].content",
+    ),
 ]
 
 
@@ -86,7 +106,9 @@ def test_bad_input_is_a_4xx_naming_the_parameter(
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert "Traceback" not in response.text
     # ... and the server keeps serving
-    ok = httpx.post(f"{shared_server.base_url}/completions", json={"prompt": "ab", "max_tokens": 4}, timeout=30)
+    ok = httpx.post(
+        f"{shared_server.base_url}/completions", json={"prompt": "ab", "max_tokens": 4}, timeout=30
+    )
     assert ok.status_code == 200, ok.text
 
 

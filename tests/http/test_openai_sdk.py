@@ -8,7 +8,7 @@ import pytest
 from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 
-from tests.http.support import ServerThread
+from tests.http.support import ServerThread, extension
 
 FAST = {"block_size": 4, "mcmc_steps": 2}
 
@@ -26,7 +26,7 @@ def test_completion_has_openai_shape_and_the_model_fingerprint(http_server: Serv
     assert [c.index for c in result.choices] == [0, 1, 2]
     assert all(c.finish_reason in ("stop", "length") for c in result.choices)
     assert all(set(c.text) <= set("abc? ") for c in result.choices)
-    answers = result.model_extra["powersampling"]["answers"]  # type: ignore[index]
+    answers = extension(result)["answers"]
     assert result.usage is not None and result.usage.prompt_tokens == 2
     # completion_tokens counts every choice's tokens (the text may be shorter by the EOS token)
     assert result.usage.completion_tokens >= sum(len(c.text) for c in result.choices)
@@ -58,12 +58,12 @@ def test_extra_body_fields_reach_the_sampler(http_server: ServerThread) -> None:
         seed=3,
         extra_body={"block_size": 4, "mcmc_steps": 3, "alpha": 2.0, "token_budget": 500},
     )
-    answer = result.model_extra["powersampling"]["answers"][0]  # type: ignore[index]
+    answer = extension(result)["answers"][0]
     assert answer["mcmc_steps"] == 3 * 3  # 3 blocks of 4 tokens, 3 steps each: the knobs were used
     greedy = sdk.completions.create(
         model="toy-test", prompt="ab", max_tokens=6, extra_body={"method": "greedy"}
     )
-    assert greedy.model_extra["powersampling"]["answers"][0]["mcmc_steps"] == 0  # type: ignore[index]
+    assert extension(greedy)["answers"][0]["mcmc_steps"] == 0
     assert greedy.choices[0].text == "cabcab"  # the toy table's argmax path after "b"
 
 
@@ -71,11 +71,7 @@ def test_stream_sends_no_text_before_the_answer_is_final_and_usage_matches(http_
     sdk = client(http_server)
     request = {"model": "toy-test", "prompt": "ab", "max_tokens": 16, "seed": 9, "n": 2, "extra_body": FAST}
     chunks = list(sdk.completions.create(stream=True, stream_options={"include_usage": True}, **request))  # type: ignore[call-overload]
-    progress = [
-        c
-        for c in chunks
-        if (c.model_extra or {}).get("powersampling", {}) and c.model_extra["powersampling"].get("progress")
-    ]  # type: ignore[index]
+    progress = [c for c in chunks if extension(c).get("progress")]
     assert len(progress) >= 2 * 4  # every block of both chains reported
     texts = [choice.text for c in chunks for choice in c.choices if choice.text]
     first_text = next(i for i, c in enumerate(chunks) if any(ch.text for ch in c.choices))
