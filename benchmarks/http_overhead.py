@@ -31,7 +31,7 @@ import grpc
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache_latency import describe, free_port, percentile, start_redis  # noqa: E402
+from cache_latency import describe, free_port, percentile, start_redis
 
 PROMPT = "what is 12 + 30?"
 
@@ -86,6 +86,14 @@ def main() -> None:
             http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/v1", timeout=60)
             knobs = {"block_size": 8, "mcmc_steps": 2}
 
+            def request_body(seed: int, policy: str) -> dict[str, object]:
+                return {
+                    "prompt": PROMPT,
+                    "max_tokens": args.max_new_tokens,
+                    "seed": seed,
+                    "cache_policy": policy,
+                }
+
             def grpc_call(seed: int, policy: int) -> str:
                 request = pb.ReasonRequest(
                     text=PROMPT,
@@ -135,7 +143,7 @@ def main() -> None:
             sampled: dict[str, list[float]] = {name: [] for name in kinds}
             for i in range(args.requests):
                 for name, call in kinds.items():  # alternate: each transport sees the same moment
-                    sampled[name].append(timed(lambda call=call: call(1000 + i))[0])
+                    sampled[name].append(timed(lambda call=call, seed=1000 + i: call(seed))[0])
 
             # Cache hits: one seeded request stored, then the same request again and again.
             stored_seed = 424242
@@ -158,7 +166,8 @@ def main() -> None:
 
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: toy demo engine, {args.max_new_tokens} new "
-        f"tokens, block_size 8, 2 MCMC steps, {args.requests} sequential requests per line, transports alternating"
+        f"tokens, block_size 8, 2 MCMC steps, {args.requests} sequential requests per line, "
+        "transports alternating"
     )
     base = percentile(sampled["gRPC stream (Reason)"], 50)
     for name, values in sampled.items():
