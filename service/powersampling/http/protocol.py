@@ -97,7 +97,7 @@ class ChatMessageParam(_Strict):
     refusal: str | None = None
 
 
-class _SamplingFields(_Strict):
+class SamplingFields(_Strict):
     """What both endpoints take: OpenAI's knobs we implement, the power-sampling fields, our options."""
 
     model: str | None = None
@@ -146,7 +146,7 @@ class _SamplingFields(_Strict):
     web_search_options: Any = None
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageParam]
     max_completion_tokens: int | None = None
     tools: list[ToolDefinition] | None = None
@@ -154,7 +154,7 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     prompt: str | list[int]
 
 

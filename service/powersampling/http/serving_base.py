@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -35,8 +35,8 @@ from powersampling.http.protocol import (
     UNSUPPORTED_PARAMS,
     AnswerStats,
     PowerSamplingInfo,
+    SamplingFields,
     Usage,
-    _SamplingFields,
 )
 from powersampling.params import Method, SamplingParams
 from powersampling.server.auth import Identity
@@ -68,6 +68,16 @@ class Call:
     access: AccessRecord
     engine: Engine
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+
+class Renderer(Protocol):
+    """An endpoint's rendering of the core's events: its response body, its chunks, its usage chunk."""
+
+    def response(self, finished: CallFinished) -> BaseModel: ...
+
+    def chunks(self, event: CallEvent) -> list[BaseModel]: ...
+
+    def usage_chunk(self, counts: Usage) -> BaseModel: ...
 
 
 class OpenAIServing:
@@ -111,7 +121,7 @@ class OpenAIServing:
             )
 
     def sampling_params(
-        self, body: _SamplingFields, max_tokens: tuple[str, int | None], defaults: SamplingParams
+        self, body: SamplingFields, max_tokens: tuple[str, int | None], defaults: SamplingParams
     ) -> SamplingParams:
         """SamplingParams from the body, checked by the same rules as gRPC's; errors name the body's field."""
         for name in UNSUPPORTED_PARAMS:
@@ -156,7 +166,7 @@ class OpenAIServing:
     def valid_request(
         self,
         *,
-        body: _SamplingFields,
+        body: SamplingFields,
         prompt: Prompt,
         prompt_field: str,
         chat: bool,
@@ -208,15 +218,7 @@ class OpenAIServing:
         return Call(request_id, received, AccessRecord(request_id, received, "http"), engine), limits
 
     async def respond(
-        self,
-        request: Request,
-        call: Call,
-        valid: ValidRequest,
-        *,
-        stream: bool,
-        render: Callable[[CallFinished], BaseModel],
-        chunks: Callable[[CallEvent], list[BaseModel]],
-        usage_chunk: Callable[[Usage], BaseModel] | None,
+        self, request: Request, call: Call, valid: ValidRequest, body: SamplingFields, renderer: Renderer
     ) -> Response:
         """Run `valid` on the core: one JSON response, or an SSE stream (see the module's streaming rule).
 
@@ -226,11 +228,11 @@ class OpenAIServing:
         events = self.core.reason(
             valid, request_id=call.request_id, received=call.received, access=call.access
         )
-        if not stream:
+        if not body.stream:
             finished = await _until_finished(request, events)
             call.access.status = "200"
             return JSONResponse(
-                render(finished).model_dump(mode="json", exclude_none=False), headers=_ids(call)
+                renderer.response(finished).model_dump(mode="json", exclude_none=False), headers=_ids(call)
             )
         try:
             first = await anext(events)
@@ -238,8 +240,9 @@ class OpenAIServing:
             await events.aclose()
             raise
         call.access.status = STREAMING
+        with_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(
-            self._sse(call, first, events, chunks, usage_chunk),
+            self._sse(call, first, events, renderer, with_usage),
             media_type="text/event-stream",
             headers={**_ids(call), "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -249,8 +252,8 @@ class OpenAIServing:
         call: Call,
         first: CallEvent,
         events: AsyncGenerator[CallEvent, None],
-        chunks: Callable[[CallEvent], list[BaseModel]],
-        usage_chunk: Callable[[Usage], BaseModel] | None,
+        renderer: Renderer,
+        with_usage: bool,
     ) -> AsyncIterator[str]:
         # A client that disconnects cancels this generator's task (Starlette): aclosing then closes
         # the core's generator at once, which cancels the sampling and its engine requests.
@@ -258,11 +261,11 @@ class OpenAIServing:
             async with contextlib.aclosing(events):
                 event: CallEvent | None = first
                 while event is not None:
-                    for chunk in chunks(event):
+                    for chunk in renderer.chunks(event):
                         yield _data(chunk)
                     if isinstance(event, CallFinished):
-                        if usage_chunk is not None:
-                            yield _data(usage_chunk(usage(event)))
+                        if with_usage:
+                            yield _data(renderer.usage_chunk(usage(event)))
                         break
                     event = await anext(events, None)
             yield "data: [DONE]\n\n"

@@ -73,17 +73,7 @@ class OpenAIServingChat(OpenAIServing):
         call.access.tenant, call.access.method = valid.tenant, params.method.value
         tool_names = {t.function.name for t in body.tools or ()} if body.tool_choice != "none" else set()
         renderer = _ChatRenderer(call, tool_names, n=params.n)
-        return await self.respond(
-            request,
-            call,
-            valid,
-            stream=body.stream,
-            render=renderer.response,
-            chunks=renderer.chunks,
-            usage_chunk=renderer.usage_chunk
-            if body.stream_options is not None and body.stream_options.include_usage
-            else None,
-        )
+        return await self.respond(request, call, valid, body, renderer)
 
 
 def chat_messages(params: list[ChatMessageParam]) -> list[ChatMessage]:

@@ -71,17 +71,7 @@ class OpenAIServingCompletion(OpenAIServing):
         )
         call.access.tenant, call.access.method = valid.tenant, params.method.value
         renderer = _CompletionRenderer(call, n=params.n)
-        return await self.respond(
-            request,
-            call,
-            valid,
-            stream=body.stream,
-            render=renderer.response,
-            chunks=renderer.chunks,
-            usage_chunk=renderer.usage_chunk
-            if body.stream_options is not None and body.stream_options.include_usage
-            else None,
-        )
+        return await self.respond(request, call, valid, body, renderer)
 
 
 class _CompletionRenderer:
