@@ -39,12 +39,12 @@ from powersampling.http.protocol import (
     Usage,
 )
 from powersampling.params import Method, SamplingParams
-from powersampling.server.auth import Identity
 from powersampling.serving.core import AccessRecord, ServingCore
 from powersampling.serving.errors import Cancelled
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
 from powersampling.serving.request import (
     NOT_FOR_SMC,
+    Identity,
     RequestLimits,
     ValidRequest,
     check_limits,

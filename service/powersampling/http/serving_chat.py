@@ -34,9 +34,8 @@ from powersampling.http.serving_base import (
     usage,
 )
 from powersampling.http.tool_parser import parse_tool_calls
-from powersampling.server.auth import Identity
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
-from powersampling.serving.request import RequestLimits, check_chars
+from powersampling.serving.request import Identity, RequestLimits, check_chars
 
 
 class OpenAIServingChat(OpenAIServing):

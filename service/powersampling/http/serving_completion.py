@@ -27,9 +27,8 @@ from powersampling.http.serving_base import (
     info_started,
     usage,
 )
-from powersampling.server.auth import Identity
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
-from powersampling.serving.request import RequestLimits, check_chars
+from powersampling.serving.request import Identity, RequestLimits, check_chars
 
 
 class OpenAIServingCompletion(OpenAIServing):

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from powersampling.api import ReasonResult, encode_and_check
 from powersampling.cache.base import CacheStatus, ChainCache
@@ -45,11 +45,8 @@ from powersampling.serving.events import (
     ProgressEvent,
 )
 from powersampling.serving.limits import WorkLimits
-from powersampling.serving.request import RequestLimits, ValidRequest
+from powersampling.serving.request import Identity, RequestLimits, ValidRequest
 from powersampling.telemetry.base import NoTelemetry, RequestObserver, Telemetry
-
-if TYPE_CHECKING:
-    from powersampling.server.auth import Identity
 
 logger = logging.getLogger("powersampling.server")
 access_logger = logging.getLogger("powersampling.access")

@@ -22,6 +22,13 @@ from powersampling.serving.limits import WorkLimits, check_work
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """Who made a call: the tenant bound to its token, or None when the token carries no tenant."""
+
+    tenant: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class RequestLimits:
     """The server's bounds on one request."""
 
@@ -116,6 +123,7 @@ def resolve_tenant(requested: str, bound: str | None) -> str:
 
 __all__ = [
     "NOT_FOR_SMC",
+    "Identity",
     "RequestLimits",
     "ValidRequest",
     "check_chars",
