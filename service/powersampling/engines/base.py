@@ -154,7 +154,7 @@ class Engine(abc.ABC):
                     raise InvalidArgument(
                         "prompt", f"token id {t} is outside the vocabulary (0..{vocab - 1})"
                     )
-            return [int(t) for t in items]  # type: ignore[arg-type]
+            return [int(t) for t in items]  # type: ignore[arg-type, call-overload]
         messages: list[ChatMessage] = []
         for i, m in enumerate(items):
             if (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections.abc import Iterator
@@ -94,7 +95,7 @@ class HttpServer:
             log_config=None,
             access_log=False,  # the serving core writes one access line per call
             lifespan="off",
-            timeout_graceful_shutdown=max(config.drain_timeout_s, 0.1),
+            timeout_graceful_shutdown=max(math.ceil(config.drain_timeout_s), 1),
             timeout_keep_alive=int(config.keepalive_time_s),
             server_header=False,
         )
@@ -114,7 +115,7 @@ class HttpServer:
         """Stop accepting, let in-flight requests and streams finish for up to `drain_timeout_s`, then
         cancel what is left (which stops its engine work)."""
         self.app.state.draining = True
-        self._server.config.timeout_graceful_shutdown = max(drain_timeout_s, 0.1)
+        self._server.config.timeout_graceful_shutdown = max(math.ceil(drain_timeout_s), 1)
         self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s + 5.0)

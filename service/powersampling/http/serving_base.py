@@ -34,6 +34,7 @@ from powersampling.http.protocol import (
     POWER_FIELDS,
     UNSUPPORTED_PARAMS,
     AnswerStats,
+    FinishReason,
     PowerSamplingInfo,
     SamplingFields,
     Usage,
@@ -55,7 +56,7 @@ from powersampling.serving.request import (
 
 logger = logging.getLogger("powersampling.http")
 Body = TypeVar("Body", bound=BaseModel)
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+FINISH_REASONS: dict[str, FinishReason] = {"eos": "stop", "stop": "stop", "length": "length"}
 STREAMING = "streaming"  # an access record's status while its stream runs
 
 

@@ -20,6 +20,7 @@ from powersampling.http.protocol import (
     ChatCompletionResponse,
     ChatMessageParam,
     ChunkDelta,
+    FinishReason,
     ResponseFunctionCall,
     ResponseToolCall,
     Usage,
@@ -127,7 +128,7 @@ class _ChatRenderer:
         self.model = call.engine.info.model
         self.fingerprint = call.engine.info.fingerprint
 
-    def _message(self, text: str, finish_reason: str) -> tuple[AssistantMessage, str]:
+    def _message(self, text: str, finish_reason: str) -> tuple[AssistantMessage, FinishReason]:
         reason = FINISH_REASONS.get(finish_reason, "stop")
         if not self.tool_names:
             return AssistantMessage(content=text), reason
@@ -144,7 +145,7 @@ class _ChatRenderer:
         choices = []
         for i, result in enumerate(finished.results):
             message, reason = self._message(result.text, result.finish_reason)
-            choices.append(ChatChoice(index=i, message=message, finish_reason=reason))  # type: ignore[arg-type]
+            choices.append(ChatChoice(index=i, message=message, finish_reason=reason))
         return ChatCompletionResponse(
             id=f"chatcmpl-{self.call.request_id}",
             created=self.call.created,
@@ -176,7 +177,7 @@ class _ChatRenderer:
             return [self._chunk([], powersampling=info_progress(self.call.request_id, event))]
         assert isinstance(event, CallFinished)
         out: list[BaseModel] = []
-        reasons = []
+        reasons: list[FinishReason] = []
         for i, result in enumerate(event.results):
             message, reason = self._message(result.text, result.finish_reason)
             reasons.append(reason)
@@ -196,7 +197,7 @@ class _ChatRenderer:
                 [
                     ChatChunkChoice(index=i, delta=ChunkDelta(), finish_reason=r)
                     for i, r in enumerate(reasons)
-                ],  # type: ignore[arg-type]
+                ],
                 powersampling=info_finished(event),
             )
         )

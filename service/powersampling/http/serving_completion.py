@@ -91,7 +91,7 @@ class _CompletionRenderer:
             choices=[
                 CompletionChoice(
                     index=i, text=r.text, finish_reason=FINISH_REASONS.get(r.finish_reason, "stop")
-                )  # type: ignore[arg-type]
+                )
                 for i, r in enumerate(finished.results)
             ],
             usage=usage(finished),
@@ -122,7 +122,7 @@ class _CompletionRenderer:
                 [
                     CompletionChunkChoice(
                         index=i, text="", finish_reason=FINISH_REASONS.get(r.finish_reason, "stop")
-                    )  # type: ignore[arg-type]
+                    )
                     for i, r in enumerate(event.results)
                 ],
                 powersampling=info_finished(event),
