@@ -81,6 +81,25 @@ class Renderer(Protocol):
     def usage_chunk(self, counts: Usage) -> BaseModel: ...
 
 
+class RendererBase:
+    """What every body and chunk of one call carries: its id, creation time, model and fingerprint."""
+
+    id_prefix = "cmpl"
+
+    def __init__(self, call: Call, *, n: int) -> None:
+        self.call = call
+        self.n = n
+
+    def envelope(self) -> dict[str, Any]:
+        info = self.call.engine.info
+        return {
+            "id": f"{self.id_prefix}-{self.call.request_id}",
+            "created": self.call.created,
+            "model": info.model,
+            "system_fingerprint": info.fingerprint,
+        }
+
+
 class OpenAIServing:
     """Shared by OpenAIServingChat and OpenAIServingCompletion."""
 
@@ -400,4 +419,4 @@ def _renamed(exc: InvalidArgument, max_tokens_field: str) -> InvalidArgument:
     return exc
 
 
-__all__ = ["Call", "OpenAIServing", "usage"]
+__all__ = ["Call", "OpenAIServing", "Renderer", "RendererBase", "usage"]

@@ -29,6 +29,7 @@ from powersampling.http.serving_base import (
     FINISH_REASONS,
     Call,
     OpenAIServing,
+    RendererBase,
     info_finished,
     info_progress,
     info_started,
@@ -70,7 +71,6 @@ class OpenAIServingChat(OpenAIServing):
             max_tokens_field=max_tokens[0],
             tools=tools,
         )
-        call.access.tenant, call.access.method = valid.tenant, params.method.value
         tool_names = {t.function.name for t in body.tools or ()} if body.tool_choice != "none" else set()
         renderer = _ChatRenderer(call, tool_names, n=params.n)
         return await self.respond(request, call, valid, body, renderer)
@@ -118,15 +118,14 @@ def _template_call(where: str, call: Any) -> dict[str, Any]:
     }
 
 
-class _ChatRenderer:
+class _ChatRenderer(RendererBase):
     """The core's events as chat completion bodies and chunks."""
 
+    id_prefix = "chatcmpl"
+
     def __init__(self, call: Call, tool_names: set[str], *, n: int) -> None:
-        self.call = call
+        super().__init__(call, n=n)
         self.tool_names = tool_names
-        self.n = n
-        self.model = call.engine.info.model
-        self.fingerprint = call.engine.info.fingerprint
 
     def _message(self, text: str, finish_reason: str) -> tuple[AssistantMessage, FinishReason]:
         reason = FINISH_REASONS.get(finish_reason, "stop")
@@ -147,10 +146,7 @@ class _ChatRenderer:
             message, reason = self._message(result.text, result.finish_reason)
             choices.append(ChatChoice(index=i, message=message, finish_reason=reason))
         return ChatCompletionResponse(
-            id=f"chatcmpl-{self.call.request_id}",
-            created=self.call.created,
-            model=self.model,
-            system_fingerprint=self.fingerprint,
+            **self.envelope(),
             choices=choices,
             usage=usage(finished),
             powersampling=info_finished(finished),
@@ -158,10 +154,7 @@ class _ChatRenderer:
 
     def _chunk(self, choices: list[ChatChunkChoice], **extra: Any) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=f"chatcmpl-{self.call.request_id}",
-            created=self.call.created,
-            model=self.model,
-            system_fingerprint=self.fingerprint,
+            **self.envelope(),
             choices=choices,
             **extra,
         )

@@ -22,6 +22,7 @@ from powersampling.http.serving_base import (
     FINISH_REASONS,
     Call,
     OpenAIServing,
+    RendererBase,
     info_finished,
     info_progress,
     info_started,
@@ -68,26 +69,16 @@ class OpenAIServingCompletion(OpenAIServing):
             identity=identity,
             max_tokens_field="max_tokens",
         )
-        call.access.tenant, call.access.method = valid.tenant, params.method.value
         renderer = _CompletionRenderer(call, n=params.n)
         return await self.respond(request, call, valid, body, renderer)
 
 
-class _CompletionRenderer:
+class _CompletionRenderer(RendererBase):
     """The core's events as completion bodies and chunks."""
-
-    def __init__(self, call: Call, *, n: int) -> None:
-        self.call = call
-        self.n = n
-        self.model = call.engine.info.model
-        self.fingerprint = call.engine.info.fingerprint
 
     def response(self, finished: CallFinished) -> CompletionResponse:
         return CompletionResponse(
-            id=f"cmpl-{self.call.request_id}",
-            created=self.call.created,
-            model=self.model,
-            system_fingerprint=self.fingerprint,
+            **self.envelope(),
             choices=[
                 CompletionChoice(
                     index=i, text=r.text, finish_reason=FINISH_REASONS.get(r.finish_reason, "stop")
@@ -100,10 +91,7 @@ class _CompletionRenderer:
 
     def _chunk(self, choices: list[CompletionChunkChoice], **extra: Any) -> CompletionChunk:
         return CompletionChunk(
-            id=f"cmpl-{self.call.request_id}",
-            created=self.call.created,
-            model=self.model,
-            system_fingerprint=self.fingerprint,
+            **self.envelope(),
             choices=choices,
             **extra,
         )
