@@ -5,6 +5,14 @@ incremental decoding with the model's KV cache, one token per row and step. Rows
 (and the cache) as soon as they end, by EOS, by their own `max_new_tokens`, by a stop string or
 because their caller went away.
 
+Prefix reuse: keys and values of every computed token go into a bounded prefix cache (see
+`prefix_cache.py`), and a later request that starts with the same tokens (a chain's next proposal,
+an SMC particle after resampling) computes only the tokens past its longest cached prefix. In one
+batch, row j's sequence is laid out as [gap | its cached keys/values | gap | its new prefix tokens]:
+the cached part right-aligned in a shared past region, the new tokens right-aligned after it, gaps
+masked out, and every token at its true position id. The contract stays stateless: what comes back
+is what a full forward pass over each prefix would give, up to float rounding.
+
 Per row and step, log p = log_softmax(logits) and log q = log_softmax(logits / temperature) come from
 the same logits cast to float32, whatever the model's dtype. A token is drawn from q by inverse CDF
 over the float64 cumulative of exp(log q), with one uniform per step taken from a generator seeded by
@@ -14,6 +22,7 @@ top-k, top-p or repetition penalty: the Metropolis-Hastings ratio needs q exactl
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 from collections.abc import Sequence
@@ -22,9 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from powersampling.engines.base import BatchingEngine, ChatMessage, EngineInfo, ExtendRequest, Extension
 from powersampling.engines.models import fingerprint_folder, fingerprint_state_dict
+from powersampling.engines.prefix_cache import PrefixKVCache
 from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -37,6 +49,12 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 _EMPTY = Extension(token_ids=(), logp=(), logq=(), ended_by_eos=False)
+
+# The default prefix cache holds as many tokens as this many bytes of keys and values take
+# (about 43,000 tokens of the default 0.5B model in float32).
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+# Tokens per cache block: a lookup reuses whole blocks, so up to this many cached tokens are recomputed.
+DEFAULT_PREFIX_BLOCK_TOKENS = 16
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -98,7 +116,15 @@ class TorchEngine(BatchingEngine):
         dtype: str | torch.dtype = "auto",
         max_batch_size: int = 32,
         fingerprint: str | None = None,
+        prefix_cache_tokens: int | None = None,
+        prefix_block_tokens: int = DEFAULT_PREFIX_BLOCK_TOKENS,
     ) -> None:
+        """Load `model_dir`.
+
+        prefix_cache_tokens bounds the prefix key/value cache in tokens (None: as many as
+        `DEFAULT_PREFIX_CACHE_BYTES` hold; 0 turns prefix reuse off); prefix_block_tokens is its block
+        size.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(model_dir)
@@ -118,6 +144,8 @@ class TorchEngine(BatchingEngine):
             fingerprint=fingerprint or fingerprint_folder(path),
             device=resolved_device,
             max_batch_size=max_batch_size,
+            prefix_cache_tokens=prefix_cache_tokens,
+            prefix_block_tokens=prefix_block_tokens,
         )
 
     @classmethod
@@ -130,6 +158,8 @@ class TorchEngine(BatchingEngine):
         fingerprint: str | None = None,
         device: str | torch.device | None = None,
         max_batch_size: int = 32,
+        prefix_cache_tokens: int | None = None,
+        prefix_block_tokens: int = DEFAULT_PREFIX_BLOCK_TOKENS,
     ) -> TorchEngine:
         """An engine on an already built model and tokenizer (e.g. a tiny random model in tests).
 
@@ -145,6 +175,8 @@ class TorchEngine(BatchingEngine):
             fingerprint=fingerprint or fingerprint_state_dict(model),
             device=resolved,
             max_batch_size=max_batch_size,
+            prefix_cache_tokens=prefix_cache_tokens,
+            prefix_block_tokens=prefix_block_tokens,
         )
         return engine
 
@@ -157,8 +189,14 @@ class TorchEngine(BatchingEngine):
         fingerprint: str,
         device: torch.device,
         max_batch_size: int,
+        prefix_cache_tokens: int | None,
+        prefix_block_tokens: int,
     ) -> None:
         BatchingEngine.__init__(self, max_batch_size=max_batch_size)
+        if prefix_cache_tokens is not None and prefix_cache_tokens < 0:
+            raise InvalidArgument("prefix_cache_tokens", "must be >= 0 (0 turns prefix reuse off)")
+        if prefix_block_tokens < 1:
+            raise InvalidArgument("prefix_block_tokens", "must be at least 1")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         # The worker thread decodes (stop strings) while the event loop's thread may encode prompts; a
@@ -193,6 +231,23 @@ class TorchEngine(BatchingEngine):
         self._max_context = int(max_ctx) if isinstance(max_ctx, int) and max_ctx > 0 else 1 << 20
         self._tokenizer_len = len(tokenizer)
         param = next(model.parameters())
+        # Keys and values per token: [layers, 2, kv_heads, head_dim] in the model's dtype.
+        heads = int(getattr(text_config, "num_attention_heads", 1))
+        kv_heads = int(getattr(text_config, "num_key_value_heads", None) or heads)
+        head_dim = getattr(text_config, "head_dim", None) or int(text_config.hidden_size) // heads
+        layers = int(text_config.num_hidden_layers)
+        self._kv_shape = (layers, 2, kv_heads, int(head_dim))
+        bytes_per_token = layers * 2 * kv_heads * int(head_dim) * param.element_size()
+        if prefix_cache_tokens is None:
+            prefix_cache_tokens = DEFAULT_PREFIX_CACHE_BYTES // bytes_per_token
+        # Only full attention over a plain growing cache can be cut into token blocks; sliding windows
+        # and other layer kinds (Gemma 3's local layers) run without prefix reuse.
+        layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
+        if any(t != "full_attention" for t in layer_types) or getattr(
+            text_config, "use_sliding_window", False
+        ):
+            prefix_cache_tokens = 0
+        self.prefix_cache = PrefixKVCache(prefix_cache_tokens, prefix_block_tokens)
         self._info = EngineInfo(
             engine="torch",
             model=name,
@@ -200,14 +255,26 @@ class TorchEngine(BatchingEngine):
             max_context_tokens=self._max_context,
             eos_token_ids=self._eos,
             device=str(device),
-            extra={"dtype": str(param.dtype).removeprefix("torch."), "architecture": type(model).__name__},
+            extra={
+                "dtype": str(param.dtype).removeprefix("torch."),
+                "architecture": type(model).__name__,
+                "prefix_cache_tokens": str(self.prefix_cache.capacity_blocks * prefix_block_tokens),
+            },
         )
 
     # ------------------------------------------------------------------ tokenizer side
 
     @property
     def info(self) -> EngineInfo:
-        return self._info
+        """Static facts plus the prefix cache's counters (tokens reused and computed, evictions)."""
+        stats = self.prefix_cache.stats()
+        live = {
+            "prefix_cache_hit_tokens": str(stats.hit_tokens),
+            "prefix_cache_miss_tokens": str(stats.miss_tokens),
+            "prefix_cache_evicted_blocks": str(stats.evicted_blocks),
+            "prefix_cache_bytes": str(stats.bytes_used),
+        }
+        return dataclasses.replace(self._info, extra={**self._info.extra, **live})
 
     @property
     def vocab_size(self) -> int:
@@ -277,16 +344,29 @@ class TorchEngine(BatchingEngine):
         temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in reqs], device=device)
         greedy = torch.tensor([r.temperature == 0 for r in reqs], device=device)
 
-        # Left padding so every row's last prefix token sits in the final column.
+        # Each row reuses the longest cached prefix of whole blocks, but at least its last prefix token
+        # is computed: its logits give the first new token.
         lengths = [len(r.prefix) for r in reqs]
-        width = max(lengths)
+        reused = [self.prefix_cache.match(r.prefix, len(r.prefix) - 1) for r in reqs]
+        block = self.prefix_cache.block_size
+        cached = [len(blocks) * block for blocks in reused]
+        fresh = [length - c for length, c in zip(lengths, cached, strict=True)]
+        past_width, width = max(cached), max(fresh)
+        # Row j: [gap | cached_j | gap | fresh prefix tokens_j], both parts right-aligned and the gaps
+        # masked, so every row's last prefix token sits in the final column.
         ids = torch.full((n, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, past_width + width), dtype=torch.long)
+        positions = torch.zeros((n, width), dtype=torch.long)
         for j, r in enumerate(reqs):
-            ids[j, width - lengths[j] :] = torch.tensor(r.prefix, dtype=torch.long)
-            mask[j, width - lengths[j] :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+            c, f = cached[j], fresh[j]
+            ids[j, width - f :] = torch.tensor(r.prefix[c:], dtype=torch.long)
+            positions[j, width - f :] = torch.arange(c, lengths[j])
+            mask[j, past_width - c : past_width] = 1
+            mask[j, past_width + width - f :] = 1
+        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        past: dict[str, Any] = {}
+        if past_width:
+            past[self._cache_kw] = self._past_from_blocks(reused, past_width)
 
         logp_buf = torch.zeros((n, steps), dtype=torch.float32, device=device)
         logq_buf = torch.zeros((n, steps), dtype=torch.float32, device=device)
@@ -295,9 +375,15 @@ class TorchEngine(BatchingEngine):
         stop_window = [2 * max(len(s) for s in r.stop) + 8 if r.stop else 0 for r in reqs]
 
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **past,
         )
         cache = _cache_of(out)
+        reuse = self.prefix_cache.enabled and all(type(layer) is DynamicLayer for layer in cache.layers)
         logits = out.logits[:, -1, :]
         alive = list(range(n))  # batch position -> index into reqs
         alive_t = torch.arange(n, device=device)
@@ -325,6 +411,11 @@ class TorchEngine(BatchingEngine):
                 break
             if len(keep) < len(alive):
                 # Drop finished rows from the batch and the KV cache: they cost nothing from now on.
+                if reuse:
+                    kept = set(keep)
+                    for b, j in enumerate(alive):
+                        if b not in kept and not self.is_cancelled(rows[j]):
+                            self._store(cache, mask, b, reqs[j].prefix + tuple(tokens[j][:-1]))
                 sel = torch.tensor(keep, dtype=torch.long, device=device)
                 cache.batch_select_indices(sel)
                 mask, last_pos, token, alive_t = mask[sel], last_pos[sel], token[sel], alive_t[sel]
@@ -340,6 +431,10 @@ class TorchEngine(BatchingEngine):
             )
             cache = _cache_of(out)
             logits = out.logits[:, -1, :]
+        if reuse:
+            for b, j in enumerate(alive):
+                if not self.is_cancelled(rows[j]):
+                    self._store(cache, mask, b, reqs[j].prefix + tuple(tokens[j][:-1]))
 
         logp_host = logp_buf.cpu()
         logq_host = logq_buf.cpu()
@@ -357,6 +452,43 @@ class TorchEngine(BatchingEngine):
                 ended_by_eos=ended_by_eos[j],
             )
         return results
+
+    def _past_from_blocks(self, reused: list[list[torch.Tensor]], past_width: int) -> Any:
+        """A model cache holding every row's cached blocks, right-aligned in `past_width` slots."""
+        layers, _, kv_heads, head_dim = self._kv_shape
+        block = self.prefix_cache.block_size
+        first = next(blocks[0] for blocks in reused if blocks)
+        past = torch.zeros(
+            (layers, 2, len(reused), kv_heads, past_width, head_dim), dtype=first.dtype, device=self.device
+        )
+        for j, blocks in enumerate(reused):
+            start = past_width - len(blocks) * block
+            for k, kv in enumerate(blocks):
+                past[:, :, j, :, start + k * block : start + (k + 1) * block] = kv
+        return DynamicCache(ddp_cache_data=[(past[i, 0], past[i, 1]) for i in range(layers)])
+
+    def _store(self, cache: Any, mask: torch.Tensor, row: int, tokens: tuple[int, ...]) -> None:
+        """Put batch row `row` (whose computed tokens are `tokens`) into the prefix cache."""
+        block = self.prefix_cache.block_size
+
+        def block_kv(first: int, count: int) -> list[torch.Tensor]:
+            # The row's slots in token order (the mask's ones); the cache holds them at those columns.
+            slots = mask[row].nonzero().squeeze(1)
+            if slots.numel() != len(tokens):
+                raise EngineError(f"prefix cache: {slots.numel()} cached slots for {len(tokens)} tokens")
+            slots = slots[first * block : (first + count) * block]
+            kv = torch.stack(
+                [
+                    torch.stack(
+                        (layer.keys[row].index_select(1, slots), layer.values[row].index_select(1, slots))
+                    )
+                    for layer in cache.layers
+                ]
+            )  # [layers, 2, kv_heads, count * block, head_dim]
+            kv = kv.unflatten(3, (count, block)).movedim(3, 0)
+            return [kv[i].clone(memory_format=torch.contiguous_format) for i in range(count)]
+
+        self.prefix_cache.insert(tokens, block_kv)
 
     def _draw(
         self, logits: torch.Tensor, temps: torch.Tensor, greedy: torch.Tensor, u: torch.Tensor
