@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,28 @@ _EMPTY = Extension(token_ids=(), logp=(), logq=(), ended_by_eos=False)
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 # Tokens per cache block: a lookup reuses whole blocks, so up to this many cached tokens are recomputed.
 DEFAULT_PREFIX_BLOCK_TOKENS = 16
+
+
+@dataclass(slots=True)
+class EngineProfile:
+    """Where the worker thread's time went (seconds) and how full the decode steps were.
+
+    On a GPU, time is charged to whichever phase waits for the device: the per-step host sync sits
+    in `draw_s`.
+    """
+
+    prefill_s: float = 0.0  # forward passes over prefixes (after prefix reuse), with the past's assembly
+    decode_s: float = 0.0  # one-token forward passes
+    draw_s: float = 0.0  # log-softmax, sampling, the host sync
+    cache_s: float = 0.0  # copying keys and values into the prefix cache
+    prefill_tokens: int = 0  # prefix tokens computed (cached ones are not)
+    prefill_passes: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0  # sum over decode steps of the rows in the batch
+
+    @property
+    def mean_decode_rows(self) -> float:
+        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -248,6 +272,7 @@ class TorchEngine(BatchingEngine):
         ):
             prefix_cache_tokens = 0
         self.prefix_cache = PrefixKVCache(prefix_cache_tokens, prefix_block_tokens)
+        self.profile = EngineProfile()
         self._info = EngineInfo(
             engine="torch",
             model=name,
@@ -364,6 +389,8 @@ class TorchEngine(BatchingEngine):
             mask[j, past_width - c : past_width] = 1
             mask[j, past_width + width - f :] = 1
         ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+        profile = self.profile
+        clock = time.perf_counter()
         past: dict[str, Any] = {}
         if past_width:
             past[self._cache_kw] = self._past_from_blocks(reused, past_width)
@@ -383,6 +410,9 @@ class TorchEngine(BatchingEngine):
             **past,
         )
         cache = _cache_of(out)
+        profile.prefill_passes += 1
+        profile.prefill_tokens += sum(fresh)
+        clock = self._charge("prefill_s", clock)
         reuse = self.prefix_cache.enabled and all(type(layer) is DynamicLayer for layer in cache.layers)
         logits = out.logits[:, -1, :]
         alive = list(range(n))  # batch position -> index into reqs
@@ -394,6 +424,7 @@ class TorchEngine(BatchingEngine):
             logp_buf[alive_t, step] = lp
             logq_buf[alive_t, step] = lq
             token_host = token.tolist()  # the one host sync per step
+            clock = self._charge("draw_s", clock)
             step += 1
             keep: list[int] = []
             for b, j in enumerate(alive):
@@ -412,16 +443,21 @@ class TorchEngine(BatchingEngine):
             if len(keep) < len(alive):
                 # Drop finished rows from the batch and the KV cache: they cost nothing from now on.
                 if reuse:
+                    clock = time.perf_counter()
                     kept = set(keep)
                     for b, j in enumerate(alive):
                         if b not in kept and not self.is_cancelled(rows[j]):
                             self._store(cache, mask, b, reqs[j].prefix + tuple(tokens[j][:-1]))
+                    self._charge("cache_s", clock)
                 sel = torch.tensor(keep, dtype=torch.long, device=device)
                 cache.batch_select_indices(sel)
                 mask, last_pos, token, alive_t = mask[sel], last_pos[sel], token[sel], alive_t[sel]
                 alive = [alive[b] for b in keep]
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
             last_pos = last_pos + 1
+            profile.decode_steps += 1
+            profile.decode_rows += len(alive)
+            clock = time.perf_counter()
             out = self.model(
                 input_ids=token[:, None],
                 attention_mask=mask,
@@ -431,10 +467,13 @@ class TorchEngine(BatchingEngine):
             )
             cache = _cache_of(out)
             logits = out.logits[:, -1, :]
+            clock = self._charge("decode_s", clock)
         if reuse:
+            clock = time.perf_counter()
             for b, j in enumerate(alive):
                 if not self.is_cancelled(rows[j]):
                     self._store(cache, mask, b, reqs[j].prefix + tuple(tokens[j][:-1]))
+            self._charge("cache_s", clock)
 
         logp_host = logp_buf.cpu()
         logq_host = logq_buf.cpu()
@@ -452,6 +491,11 @@ class TorchEngine(BatchingEngine):
                 ended_by_eos=ended_by_eos[j],
             )
         return results
+
+    def _charge(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        setattr(self.profile, phase, getattr(self.profile, phase) + now - since)
+        return now
 
     def _past_from_blocks(self, reused: list[list[torch.Tensor]], past_width: int) -> Any:
         """A model cache holding every row's cached blocks, right-aligned in `past_width` slots."""
@@ -519,4 +563,4 @@ class TorchEngine(BatchingEngine):
             torch.cuda.empty_cache()
 
 
-__all__ = ["TorchEngine"]
+__all__ = ["EngineProfile", "TorchEngine"]
