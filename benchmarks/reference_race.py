@@ -8,7 +8,8 @@ All runs share one process and one copy of the weights, one after the other:
                  generated tokens only
   torch-1        our torch engine, one request at a time
   torch-all      our torch engine, all prompts in flight (up to --concurrency)
-  (either torch run also without prefix reuse, as "noreuse", for the before/after in one process)
+  before-1/-all  the same engine without prefix reuse and continuous batching (as it was before them),
+                 for the before/after in one process
   vllm-1/-all    the vLLM engine, where vllm is importable
   plain-1/-all   plain sampling of the same number of tokens per prompt on the torch engine
 
@@ -240,8 +241,8 @@ async def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument(
         "--runs",
-        default="reference,torch-1,torch-all,noreuse-1,noreuse-all,vllm,plain",
-        help="comma-separated subset of: reference, torch-1, torch-all, noreuse-1, noreuse-all, vllm, plain",
+        default="reference,torch-1,torch-all,before-1,before-all,vllm,plain",
+        help="comma-separated subset of: reference, torch-1, torch-all, before-1, before-all, vllm, plain",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
@@ -252,13 +253,14 @@ async def main() -> None:
 
     engine = load_engine(args.model, engine="torch", device=args.device, dtype=args.dtype)
     assert isinstance(engine, TorchEngine)
-    # The same weights without prefix reuse: the engine as it was before reuse existed.
+    # The same weights without prefix reuse and with batch-at-a-time dispatch: the engine as it was.
     noreuse = TorchEngine.from_pretrained_objects(
         engine.model,
         engine.tokenizer,
         name=engine.info.model,
         fingerprint=engine.info.fingerprint,
         prefix_cache_tokens=0,
+        continuous_batching=False,
     )
     prompts = arithmetic_prompts(args.prompts)
     prompt_ids = [engine.encode_prompt(p, chat=False) for p in prompts]
@@ -284,7 +286,10 @@ async def main() -> None:
     engine.prefix_cache.clear()
 
     if args.profile:
-        for label, eng in (("with prefix reuse", engine), ("without prefix reuse", noreuse)):
+        for label, eng in (
+            ("with prefix reuse and continuous batching", engine),
+            ("before: neither", noreuse),
+        ):
             await profile_one(eng, label, prompts[0], options)
         engine.prefix_cache.clear()
 
@@ -305,9 +310,9 @@ async def main() -> None:
     spent: list[int] | None = None
     for label, eng, conc in (
         ("torch-1", engine, 1),
-        ("noreuse-1", noreuse, 1),
+        ("before-1", noreuse, 1),
         ("torch-all", engine, concurrency),
-        ("noreuse-all", noreuse, concurrency),
+        ("before-all", noreuse, concurrency),
     ):
         if label not in wanted:
             continue

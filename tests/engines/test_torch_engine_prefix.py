@@ -213,15 +213,69 @@ def test_lru_evicts_the_oldest_leaf_never_an_inner_block() -> None:
 
 
 async def test_sampler_draws_the_same_chains_with_and_without_reuse(
-    reuse_engine: TorchEngine, plain_engine: TorchEngine
+    tiny_model: Any, tiny_tokenizer: Any, reuse_engine: TorchEngine, plain_engine: TorchEngine
 ) -> None:
-    options = dict(method="power", max_new_tokens=24, block_size=8, mcmc_steps=3, n=3, seed=42, chat=False)
-    with_reuse, without = await asyncio.gather(
-        reason_async(TEXTS[2], reuse_engine, **options), reason_async(TEXTS[2], plain_engine, **options)
+    """Prefix reuse and continuous batching are invisible to the sampler: same seeds, same chains."""
+    batch_at_a_time = TorchEngine.from_pretrained_objects(
+        tiny_model, tiny_tokenizer, prefix_cache_tokens=0, continuous_batching=False
     )
-    assert [r.token_ids for r in with_reuse] == [r.token_ids for r in without]
-    assert [r.log_prob for r in with_reuse] == pytest.approx([r.log_prob for r in without], abs=1e-4)
+    assert reuse_engine.continuous and not batch_at_a_time.continuous
+    options = dict(method="power", max_new_tokens=24, block_size=8, mcmc_steps=3, n=4, seed=42, chat=False)
+    runs = await asyncio.gather(
+        *(reason_async(TEXTS[2], e, **options) for e in (reuse_engine, plain_engine, batch_at_a_time))
+    )
+    for results in runs[1:]:
+        assert [r.token_ids for r in results] == [r.token_ids for r in runs[0]]
+        assert [r.log_prob for r in results] == pytest.approx([r.log_prob for r in runs[0]], abs=1e-4)
     assert int(reuse_engine.info.extra["prefix_cache_hit_tokens"]) > 0
+    # Each chain's log p is that of a full forward pass over its answer.
+    prompt = tuple(reuse_engine.tokenize(TEXTS[2]))
+    for r in runs[0]:
+        logp, _ = reference(reuse_engine.model, prompt, tuple(r.token_ids), 1.0)
+        assert r.log_prob == pytest.approx(sum(logp), abs=ATOL * len(logp))
+    await batch_at_a_time.close()
+
+
+async def test_requests_join_a_running_batch(reuse_engine: TorchEngine, plain_engine: TorchEngine) -> None:
+    """Requests that arrive while a batch decodes join it between steps and come back exact."""
+    engine = reuse_engine
+    ps = [tuple(engine.tokenize(t)) for t in TEXTS]
+    # A long row that draws no EOS in 300 tokens keeps the batch running while the others arrive.
+    free = plain_engine.extend_batch([ExtendRequest(ps[2], 300, 1.0, seed=s) for s in range(8)])
+    seed = next(s for s, f in enumerate(free) if len(f.token_ids) == 300)
+    steps = 0
+
+    def count(*_: Any) -> None:
+        nonlocal steps
+        steps += 1
+
+    late = [
+        ExtendRequest(ps[2] + free[seed].token_ids[:9], 12, 0.5, seed=1),  # mostly cached by then
+        ExtendRequest(ps[0], 12, 0.5, seed=2),
+        ExtendRequest(ps[1], 30, 2.0, seed=3),
+        ExtendRequest(ps[3], 0, 0.5, seed=4),
+    ]
+    batches = engine.batches_run
+    handle = engine.model.register_forward_hook(count)
+    try:
+        long = asyncio.create_task(engine.extend([ExtendRequest(ps[2], 300, 1.0, seed=seed)]))
+        while steps < 20:
+            await asyncio.sleep(0.001)
+        first = await engine.extend(late[:2])
+        second = await engine.extend(late[2:])
+        (long_ext,) = await long
+    finally:
+        handle.remove()
+    assert engine.batches_run - batches == 1  # everything ran in the long row's batch
+    assert long_ext.token_ids == free[seed].token_ids
+    assert long_ext.logp == pytest.approx(free[seed].logp, abs=1e-5)
+    for req, ext in zip(late, first + second, strict=True):
+        alone = plain_engine.extend_batch([req])[0]
+        assert ext.token_ids == alone.token_ids
+        if req.max_new_tokens:
+            assert_exact(
+                engine.model, req.prefix, list(ext.token_ids), list(ext.logp), list(ext.logq), req.temperature
+            )
 
 
 def test_bad_prefix_cache_arguments(tiny_model_dir: Path) -> None:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,67 @@ def _cache_of(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
+def _compact(cache: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Move every row's used slots (mask 1) to the right end, in order; returns the new mask.
+
+    Keys carry their positions (rotary embeddings are applied before caching), so slots may move.
+    """
+    n, width = mask.shape
+    columns = torch.arange(width, device=mask.device).expand(n, width)
+    # Unused slots sort first as -1; used ones keep their order at the right end.
+    order = torch.sort(torch.where(mask.bool(), columns, -1), dim=1).values
+    keep = int(mask.sum(1).max())
+    order = order[:, width - keep :]
+    new_mask = (order >= 0).long()
+    index = order.clamp(min=0)
+    for layer in cache.layers:
+        heads, dim = layer.keys.shape[1], layer.keys.shape[3]
+        gather = index[:, None, :, None].expand(n, heads, keep, dim)
+        layer.keys = layer.keys.gather(2, gather)
+        layer.values = layer.values.gather(2, gather)
+    return new_mask
+
+
+def _trim_left(cache: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Drop leading slots that no row uses (left after longer rows left the batch)."""
+    first = int(mask.any(0).long().argmax())
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+    return mask[:, first:]
+
+
+@dataclass(slots=True)
+class _Row:
+    """One request in the running batch."""
+
+    index: int
+    request: ExtendRequest
+    budget: int
+    tokens: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    logq: list[float] = field(default_factory=list)
+    ended_by_eos: bool = False
+    uniforms: np.ndarray = field(init=False)
+    stop_window: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One uniform per step, drawn up front from the row's seed alone (PCG64).
+        self.uniforms = np.random.default_rng(self.request.seed % (1 << 64)).random(self.budget)
+        stop = self.request.stop
+        self.stop_window = 2 * max(len(s) for s in stop) + 8 if stop else 0
+
+    def extension(self) -> Extension:
+        return Extension(
+            token_ids=tuple(self.tokens),
+            logp=tuple(self.logp),
+            logq=tuple(self.logq),
+            ended_by_eos=self.ended_by_eos,
+        )
+
+
 class TorchEngine(BatchingEngine):
     """A Hugging Face causal LM run with PyTorch, batched with left padding and a KV cache.
 
@@ -142,12 +204,14 @@ class TorchEngine(BatchingEngine):
         fingerprint: str | None = None,
         prefix_cache_tokens: int | None = None,
         prefix_block_tokens: int = DEFAULT_PREFIX_BLOCK_TOKENS,
+        continuous_batching: bool = True,
     ) -> None:
         """Load `model_dir`.
 
         prefix_cache_tokens bounds the prefix key/value cache in tokens (None: as many as
         `DEFAULT_PREFIX_CACHE_BYTES` hold; 0 turns prefix reuse off); prefix_block_tokens is its block
-        size.
+        size. continuous_batching admits requests into a running batch between decoding steps (off:
+        a batch runs to its longest row while new requests wait).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -170,6 +234,7 @@ class TorchEngine(BatchingEngine):
             max_batch_size=max_batch_size,
             prefix_cache_tokens=prefix_cache_tokens,
             prefix_block_tokens=prefix_block_tokens,
+            continuous_batching=continuous_batching,
         )
 
     @classmethod
@@ -184,6 +249,7 @@ class TorchEngine(BatchingEngine):
         max_batch_size: int = 32,
         prefix_cache_tokens: int | None = None,
         prefix_block_tokens: int = DEFAULT_PREFIX_BLOCK_TOKENS,
+        continuous_batching: bool = True,
     ) -> TorchEngine:
         """An engine on an already built model and tokenizer (e.g. a tiny random model in tests).
 
@@ -201,6 +267,7 @@ class TorchEngine(BatchingEngine):
             max_batch_size=max_batch_size,
             prefix_cache_tokens=prefix_cache_tokens,
             prefix_block_tokens=prefix_block_tokens,
+            continuous_batching=continuous_batching,
         )
         return engine
 
@@ -215,8 +282,10 @@ class TorchEngine(BatchingEngine):
         max_batch_size: int,
         prefix_cache_tokens: int | None,
         prefix_block_tokens: int,
+        continuous_batching: bool,
     ) -> None:
         BatchingEngine.__init__(self, max_batch_size=max_batch_size)
+        self.continuous = continuous_batching
         if prefix_cache_tokens is not None and prefix_cache_tokens < 0:
             raise InvalidArgument("prefix_cache_tokens", "must be >= 0 (0 turns prefix reuse off)")
         if prefix_block_tokens < 1:
@@ -284,6 +353,7 @@ class TorchEngine(BatchingEngine):
                 "dtype": str(param.dtype).removeprefix("torch."),
                 "architecture": type(model).__name__,
                 "prefix_cache_tokens": str(self.prefix_cache.capacity_blocks * prefix_block_tokens),
+                "continuous_batching": str(continuous_batching).lower(),
             },
         )
 
@@ -341,175 +411,217 @@ class TorchEngine(BatchingEngine):
         """Extend all `requests` as one padded batch; results in the order of `requests`."""
         self.check_requests(requests)
         results: list[Extension] = [_EMPTY] * len(requests)
-        rows = [i for i, r in enumerate(requests) if r.max_new_tokens > 0 and not self.is_cancelled(i)]
-        if not rows:
-            return results
-        try:
-            with torch.inference_mode():
-                for i, ext in self._generate(requests, rows).items():
-                    results[i] = ext
-        except torch.OutOfMemoryError as exc:
-            raise EngineOverloaded(f"out of memory on {self.device} for a batch of {len(rows)}") from exc
+
+        def finish(index: int, extension: Extension) -> None:
+            results[index] = extension
+
+        self._run_rows(list(enumerate(requests)), lambda _limit: [], finish)
         return results
 
-    def _generate(self, requests: Sequence[ExtendRequest], rows: list[int]) -> dict[int, Extension]:
+    def run_continuous(self, requests: Sequence[ExtendRequest]) -> None:
+        """Run `requests` and every request admitted between decoding steps; deliver each as it ends."""
+        self._run_rows(list(enumerate(requests)), self.admit, self.deliver)
+
+    def _run_rows(
+        self,
+        requests: list[tuple[int, ExtendRequest]],
+        admit: Callable[[int], list[tuple[int, ExtendRequest]]],
+        finish: Callable[[int, Extension], None],
+    ) -> None:
+        """Decode rows until none is left, taking new ones from `admit` between steps.
+
+        A step that admits rows runs their prefixes (past their cached part) in the same forward pass
+        as the running rows' next token; then the batch's cache is compacted so that every row's
+        slots are contiguous and right-aligned again.
+        """
+        try:
+            with torch.inference_mode():
+                self._decode_loop(requests, admit, finish)
+        except torch.OutOfMemoryError as exc:
+            raise EngineOverloaded(f"out of memory on {self.device} for a batch") from exc
+
+    def _decode_loop(
+        self,
+        requests: list[tuple[int, ExtendRequest]],
+        admit: Callable[[int], list[tuple[int, ExtendRequest]]],
+        finish: Callable[[int, Extension], None],
+    ) -> None:
         device = self.device
-        reqs = [requests[i] for i in rows]
-        n = len(rows)
-        # Never run past the context window: a row gets at most the room its prefix leaves.
-        budgets = [min(r.max_new_tokens, self._max_context - len(r.prefix)) for r in reqs]
-        steps = max(budgets)
+        alive: list[_Row] = []
+        cache: Any = None
+        mask = torch.zeros((0, 0), dtype=torch.long, device=device)
+        last_pos = torch.zeros((0, 1), dtype=torch.long, device=device)
+        token = torch.zeros((0,), dtype=torch.long, device=device)
+        reuse = self.prefix_cache.enabled
+        while True:
+            new_rows: list[_Row] = []
+            for index, request in requests:
+                if self.is_cancelled(index):
+                    continue
+                budget = min(request.max_new_tokens, self._max_context - len(request.prefix))
+                if budget <= 0:
+                    finish(index, _EMPTY)
+                    continue
+                new_rows.append(_Row(index, request, budget))
+            if not alive and not new_rows:
+                return
+            clock = time.perf_counter()
+            if new_rows:
+                logits, cache, mask, last_pos = self._admit_rows(
+                    alive, new_rows, cache, mask, last_pos, token
+                )
+                reuse = reuse and all(type(layer) is DynamicLayer for layer in cache.layers)
+                alive = alive + new_rows
+                clock = self._charge("prefill_s", clock)
+            else:
+                mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+                last_pos = last_pos + 1
+                self.profile.decode_steps += 1
+                self.profile.decode_rows += len(alive)
+                out = self.model(
+                    input_ids=token[:, None],
+                    attention_mask=mask,
+                    position_ids=last_pos,
+                    use_cache=True,
+                    **{self._cache_kw: cache},
+                )
+                cache = _cache_of(out)
+                logits = out.logits[:, -1, :]
+                clock = self._charge("decode_s", clock)
 
-        # One uniform per step per row, drawn up front from the row's seed alone (PCG64): no
-        # generator calls or host syncs inside the loop, and batch composition cannot matter.
-        uniforms = np.zeros((n, steps), dtype=np.float64)
-        for j, (r, b) in enumerate(zip(reqs, budgets, strict=True)):
-            uniforms[j, :b] = np.random.default_rng(r.seed % (1 << 64)).random(b)
-        u_all = torch.from_numpy(uniforms).to(device)
-        temps = torch.tensor([r.temperature if r.temperature > 0 else 1.0 for r in reqs], device=device)
-        greedy = torch.tensor([r.temperature == 0 for r in reqs], device=device)
+            # One uniform per row and step from the row's own seeded stream: what shares the batch,
+            # and when the row joined it, cannot change its draws.
+            u = torch.tensor([row.uniforms[len(row.tokens)] for row in alive], dtype=torch.float64)
+            temps = torch.tensor([row.request.temperature or 1.0 for row in alive])
+            greedy = torch.tensor([row.request.temperature == 0 for row in alive])
+            token, lp, lq = self._draw(logits, temps.to(device), greedy.to(device), u.to(device))
+            # The one host sync per step (float32 values are exact in float64).
+            drawn = torch.stack((token.double(), lp.double(), lq.double())).tolist()
+            clock = self._charge("draw_s", clock)
 
-        # Each row reuses the longest cached prefix of whole blocks, but at least its last prefix token
-        # is computed: its logits give the first new token.
-        lengths = [len(r.prefix) for r in reqs]
-        reused = [self.prefix_cache.match(r.prefix, len(r.prefix) - 1) for r in reqs]
+            keep: list[int] = []
+            ended: list[int] = []
+            for b, row in enumerate(alive):
+                t = int(drawn[0][b])
+                row.tokens.append(t)
+                row.logp.append(drawn[1][b])
+                row.logq.append(drawn[2][b])
+                if t in self._eos:
+                    row.ended_by_eos = True
+                    ended.append(b)
+                elif (
+                    len(row.tokens) < row.budget
+                    and not self.is_cancelled(row.index)
+                    and not self._hit_stop(row.tokens, row.request.stop, row.stop_window)
+                ):
+                    keep.append(b)
+                else:
+                    ended.append(b)
+            for b in ended:
+                row = alive[b]
+                if self.is_cancelled(row.index):
+                    continue  # its caller is gone: the result would be thrown away
+                if reuse:
+                    clock = time.perf_counter()
+                    self._store(cache, mask, b, row.request.prefix + tuple(row.tokens[:-1]))
+                    self._charge("cache_s", clock)
+                if not all(math.isfinite(v) for v in row.logp):
+                    raise EngineError(f"model {self._info.model!r} produced non-finite logits")
+                finish(row.index, row.extension())
+            if len(keep) < len(alive):
+                # Finished rows leave the batch and the KV cache: they cost nothing from now on.
+                alive = [alive[b] for b in keep]
+                if alive:
+                    sel = torch.tensor(keep, dtype=torch.long, device=device)
+                    cache.batch_select_indices(sel)
+                    mask, last_pos, token = mask[sel], last_pos[sel], token[sel]
+                    mask = _trim_left(cache, mask)
+            requests = admit(self.max_batch_size - len(alive))
+
+    def _admit_rows(
+        self,
+        running: list[_Row],
+        new_rows: list[_Row],
+        cache: Any,
+        mask: torch.Tensor,
+        last_pos: torch.Tensor,
+        token: torch.Tensor,
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """One forward pass: the running rows' last token and the new rows' uncached prefix tokens.
+
+        Layout: a past region [running rows' cache | new rows' cached blocks], each right-aligned,
+        then an input region where running rows hold their one token in the last column and new rows
+        their fresh prefix tokens right-aligned; gaps are masked and every token has its true
+        position. Returns the last column's logits and the compacted cache, mask and positions.
+        """
+        device = self.device
         block = self.prefix_cache.block_size
+        reused = [self.prefix_cache.match(r.request.prefix, len(r.request.prefix) - 1) for r in new_rows]
         cached = [len(blocks) * block for blocks in reused]
-        fresh = [length - c for length, c in zip(lengths, cached, strict=True)]
-        past_width, width = max(cached), max(fresh)
-        # Row j: [gap | cached_j | gap | fresh prefix tokens_j], both parts right-aligned and the gaps
-        # masked, so every row's last prefix token sits in the final column.
+        fresh = [len(r.request.prefix) - c for r, c in zip(new_rows, cached, strict=True)]
+        n_run, n = len(running), len(running) + len(new_rows)
+        run_width = mask.shape[1] if running else 0
+        past_width = max([run_width, *cached])
+        width = max([1 if running else 0, *fresh])
+
         ids = torch.full((n, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((n, past_width + width), dtype=torch.long)
         positions = torch.zeros((n, width), dtype=torch.long)
-        for j, r in enumerate(reqs):
-            c, f = cached[j], fresh[j]
-            ids[j, width - f :] = torch.tensor(r.prefix[c:], dtype=torch.long)
-            positions[j, width - f :] = torch.arange(c, lengths[j])
-            mask[j, past_width - c : past_width] = 1
-            mask[j, past_width + width - f :] = 1
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-        profile = self.profile
-        clock = time.perf_counter()
+        full_mask = torch.zeros((n, past_width + width), dtype=torch.long)
+        for k, row in enumerate(new_rows):
+            j, c, f = n_run + k, cached[k], fresh[k]
+            ids[j, width - f :] = torch.tensor(row.request.prefix[c:], dtype=torch.long)
+            positions[j, width - f :] = torch.arange(c, c + f)
+            full_mask[j, past_width - c : past_width] = 1
+            full_mask[j, past_width + width - f :] = 1
+        ids, positions, full_mask = ids.to(device), positions.to(device), full_mask.to(device)
+        if running:
+            ids[:n_run, -1] = token
+            positions[:n_run, -1:] = last_pos + 1
+            full_mask[:n_run, past_width - run_width : past_width] = mask
+            full_mask[:n_run, -1] = 1
         past: dict[str, Any] = {}
         if past_width:
-            past[self._cache_kw] = self._past_from_blocks(reused, past_width)
-
-        logp_buf = torch.zeros((n, steps), dtype=torch.float32, device=device)
-        logq_buf = torch.zeros((n, steps), dtype=torch.float32, device=device)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        ended_by_eos = [False] * n
-        stop_window = [2 * max(len(s) for s in r.stop) + 8 if r.stop else 0 for r in reqs]
-
+            past[self._cache_kw] = self._assemble_past(cache if running else None, reused, past_width)
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=full_mask,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
             **past,
         )
+        self.profile.prefill_passes += 1
+        self.profile.prefill_tokens += sum(fresh)
+        if running:
+            self.profile.decode_steps += 1
+            self.profile.decode_rows += n_run
         cache = _cache_of(out)
-        profile.prefill_passes += 1
-        profile.prefill_tokens += sum(fresh)
-        clock = self._charge("prefill_s", clock)
-        reuse = self.prefix_cache.enabled and all(type(layer) is DynamicLayer for layer in cache.layers)
-        logits = out.logits[:, -1, :]
-        alive = list(range(n))  # batch position -> index into reqs
-        alive_t = torch.arange(n, device=device)
-        last_pos = positions[:, -1:]
-        step = 0
-        while True:
-            token, lp, lq = self._draw(logits, temps[alive_t], greedy[alive_t], u_all[alive_t, step])
-            logp_buf[alive_t, step] = lp
-            logq_buf[alive_t, step] = lq
-            token_host = token.tolist()  # the one host sync per step
-            clock = self._charge("draw_s", clock)
-            step += 1
-            keep: list[int] = []
-            for b, j in enumerate(alive):
-                t = token_host[b]
-                tokens[j].append(t)
-                if t in self._eos:
-                    ended_by_eos[j] = True
-                elif (
-                    len(tokens[j]) < budgets[j]
-                    and not self.is_cancelled(rows[j])
-                    and not self._hit_stop(tokens[j], reqs[j].stop, stop_window[j])
-                ):
-                    keep.append(b)
-            if not keep:
-                break
-            if len(keep) < len(alive):
-                # Drop finished rows from the batch and the KV cache: they cost nothing from now on.
-                if reuse:
-                    clock = time.perf_counter()
-                    kept = set(keep)
-                    for b, j in enumerate(alive):
-                        if b not in kept and not self.is_cancelled(rows[j]):
-                            self._store(cache, mask, b, reqs[j].prefix + tuple(tokens[j][:-1]))
-                    self._charge("cache_s", clock)
-                sel = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(sel)
-                mask, last_pos, token, alive_t = mask[sel], last_pos[sel], token[sel], alive_t[sel]
-                alive = [alive[b] for b in keep]
-            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-            last_pos = last_pos + 1
-            profile.decode_steps += 1
-            profile.decode_rows += len(alive)
-            clock = time.perf_counter()
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=mask,
-                position_ids=last_pos,
-                use_cache=True,
-                **{self._cache_kw: cache},
-            )
-            cache = _cache_of(out)
-            logits = out.logits[:, -1, :]
-            clock = self._charge("decode_s", clock)
-        if reuse:
-            clock = time.perf_counter()
-            for b, j in enumerate(alive):
-                if not self.is_cancelled(rows[j]):
-                    self._store(cache, mask, b, reqs[j].prefix + tuple(tokens[j][:-1]))
-            self._charge("cache_s", clock)
+        return out.logits[:, -1, :], cache, _compact(cache, full_mask), positions[:, -1:]
 
-        logp_host = logp_buf.cpu()
-        logq_host = logq_buf.cpu()
-        if not bool(torch.isfinite(logp_host).all()):
-            raise EngineError(f"model {self._info.model!r} produced non-finite logits")
-        results: dict[int, Extension] = {}
-        for j, i in enumerate(rows):
-            if self.is_cancelled(i):
-                continue  # its caller is gone: the result would be thrown away
-            k = len(tokens[j])
-            results[i] = Extension(
-                token_ids=tuple(tokens[j]),
-                logp=tuple(logp_host[j, :k].tolist()),
-                logq=tuple(logq_host[j, :k].tolist()),
-                ended_by_eos=ended_by_eos[j],
-            )
-        return results
+    def _assemble_past(self, running: Any, reused: list[list[torch.Tensor]], past_width: int) -> Any:
+        """A model cache of `past_width` slots: the running rows' cache, then every new row's blocks."""
+        layers, _, kv_heads, head_dim = self._kv_shape
+        block = self.prefix_cache.block_size
+        n_run = running.layers[0].keys.shape[0] if running is not None else 0
+        dtype = next(self.model.parameters()).dtype
+        past = torch.zeros(
+            (layers, 2, n_run + len(reused), kv_heads, past_width, head_dim), dtype=dtype, device=self.device
+        )
+        if running is not None:
+            for i, layer in enumerate(running.layers):
+                width = layer.keys.shape[2]
+                past[i, 0, :n_run, :, past_width - width :] = layer.keys
+                past[i, 1, :n_run, :, past_width - width :] = layer.values
+        for k, blocks in enumerate(reused):
+            start = past_width - len(blocks) * block
+            for b, kv in enumerate(blocks):
+                past[:, :, n_run + k, :, start + b * block : start + (b + 1) * block] = kv
+        return DynamicCache(ddp_cache_data=[(past[i, 0], past[i, 1]) for i in range(layers)])
 
     def _charge(self, phase: str, since: float) -> float:
         now = time.perf_counter()
         setattr(self.profile, phase, getattr(self.profile, phase) + now - since)
         return now
-
-    def _past_from_blocks(self, reused: list[list[torch.Tensor]], past_width: int) -> Any:
-        """A model cache holding every row's cached blocks, right-aligned in `past_width` slots."""
-        layers, _, kv_heads, head_dim = self._kv_shape
-        block = self.prefix_cache.block_size
-        first = next(blocks[0] for blocks in reused if blocks)
-        past = torch.zeros(
-            (layers, 2, len(reused), kv_heads, past_width, head_dim), dtype=first.dtype, device=self.device
-        )
-        for j, blocks in enumerate(reused):
-            start = past_width - len(blocks) * block
-            for k, kv in enumerate(blocks):
-                past[:, :, j, :, start + k * block : start + (k + 1) * block] = kv
-        return DynamicCache(ddp_cache_data=[(past[i, 0], past[i, 1]) for i in range(layers)])
 
     def _store(self, cache: Any, mask: torch.Tensor, row: int, tokens: tuple[int, ...]) -> None:
         """Put batch row `row` (whose computed tokens are `tokens`) into the prefix cache."""
