@@ -262,6 +262,10 @@ class BatchingEngine(Engine):
         self.sequences_run += 1
         self.tokens_generated += len(result.token_ids)
         self._local.delivered.add(index)
+        # Charge the time so far before the caller can see the result (and read busy_s).
+        now = time.perf_counter()
+        self.busy_s += now - self._local.busy_since
+        self._local.busy_since = now
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, future, result)
 
@@ -330,7 +334,7 @@ class BatchingEngine(Engine):
         self._local.futures = [p.future for p in batch]
         self._local.delivered = set()
         self.batches_run += 1  # counted on entry: callers may see their results before it returns
-        started = time.perf_counter()
+        self._local.busy_since = time.perf_counter()
         error: BaseException | None = None
         try:
             self.run_continuous([p.request for p in batch])
@@ -340,7 +344,7 @@ class BatchingEngine(Engine):
             futures: list[asyncio.Future[Extension]] = self._local.futures
             missing = [f for i, f in enumerate(futures) if i not in self._local.delivered]
             self._local.futures = None
-            self.busy_s += time.perf_counter() - started
+            self.busy_s += time.perf_counter() - self._local.busy_since
         if missing:
             failure = error or EngineError("the engine ended a batch without a result for a request")
             assert self._loop is not None
