@@ -1,17 +1,19 @@
 """The transformers reference engine: padded batches, KV cache, exact float32 log p and log q.
 
-Every `extend_batch` runs its requests as ONE left-padded batch: a prefill over the prefixes, then
-incremental decoding with the model's KV cache, one token per row and step. Rows leave the batch
-(and the cache) as soon as they end, by EOS, by their own `max_new_tokens`, by a stop string or
-because their caller went away.
+Requests run as ONE padded batch: a forward pass over their prefixes, then incremental decoding with
+the model's KV cache, one token per row and step. Rows leave the batch (and the cache) as soon as
+they end, by EOS, by their own `max_new_tokens`, by a stop string or because their caller went away.
+With continuous batching (the default) each result goes back as its row ends, and requests that
+arrive meanwhile join the running batch between two steps: their prefix tokens run in the same
+forward pass as the running rows' next token, after which the cache is compacted.
 
 Prefix reuse: keys and values of every computed token go into a bounded prefix cache (see
 `prefix_cache.py`), and a later request that starts with the same tokens (a chain's next proposal,
 an SMC particle after resampling) computes only the tokens past its longest cached prefix. In one
-batch, row j's sequence is laid out as [gap | its cached keys/values | gap | its new prefix tokens]:
-the cached part right-aligned in a shared past region, the new tokens right-aligned after it, gaps
-masked out, and every token at its true position id. The contract stays stateless: what comes back
-is what a full forward pass over each prefix would give, up to float rounding.
+forward pass, row j's slots are [gap | its past (cached blocks or running cache) | gap | its new
+tokens], each part right-aligned, gaps masked out, every token at its true position id. The
+contract stays stateless: what comes back is what a full forward pass over each prefix would give,
+up to float rounding.
 
 Per row and step, log p = log_softmax(logits) and log q = log_softmax(logits / temperature) come from
 the same logits cast to float32, whatever the model's dtype. A token is drawn from q by inverse CDF
