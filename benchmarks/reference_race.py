@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from powersampling import reason_async
 from powersampling.engines.base import Engine, ExtendRequest
-from powersampling.engines.models import DEFAULT_MODEL, load_engine
+from powersampling.engines.factory import load_engine
 from powersampling.engines.torch_engine import EngineProfile, TorchEngine
+from powersampling.models import DEFAULT_MODEL
 
 
 @dataclass

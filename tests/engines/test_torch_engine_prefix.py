@@ -17,10 +17,10 @@ import pytest
 import torch
 from powersampling import reason_async
 from powersampling.engines.base import ExtendRequest
-from powersampling.engines.models import DEFAULT_MODEL, models_cache_dir
 from powersampling.engines.prefix_cache import PrefixKVCache
 from powersampling.engines.torch_engine import TorchEngine
 from powersampling.errors import InvalidArgument
+from powersampling.models import DEFAULT_MODEL, models_cache_dir
 
 from tests.engines.test_torch_engine import ATOL, TEXTS, reference
 
