@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import concurrent.futures
 import math
 import threading
@@ -210,6 +211,16 @@ class _Pending:
     future: asyncio.Future[Extension]
 
 
+def _resolve(future: asyncio.Future[Extension], result: Extension) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Extension], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class BatchingEngine(Engine):
     """An engine whose model runs batches synchronously on one worker thread.
 
@@ -217,7 +228,14 @@ class BatchingEngine(Engine):
     that is pending, runs it as one batch on the worker thread, and resolves each caller's future.
     While a batch runs, new requests gather for the next one. A request whose caller was cancelled is
     dropped before it runs and skipped between decoding steps (see `is_cancelled`).
+
+    Continuous batching: an engine whose `continuous` is true implements `run_continuous` instead,
+    which may take requests that arrive while it runs (`admit`, between decoding steps) and hands
+    each result back as soon as its row ends (`deliver`), so a finished row's caller can send its
+    next request into the running batch instead of waiting for the batch's longest row.
     """
+
+    continuous: bool = False
 
     def __init__(self, max_batch_size: int = 64) -> None:
         if max_batch_size < 1:
@@ -228,6 +246,9 @@ class BatchingEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=type(self).__name__)
         self._local = threading.local()
+        # Requests that arrived while a continuous batch runs: appended by the event loop's thread,
+        # taken by the worker thread (deque appends and pops are atomic).
+        self._inbox: collections.deque[_Pending] = collections.deque()
         # Counters for tests and benchmarks (written on the worker thread only).
         self.batches_run = 0
         self.sequences_run = 0
@@ -239,9 +260,45 @@ class BatchingEngine(Engine):
         """Run one batch synchronously (on the worker thread)."""
 
     def is_cancelled(self, index: int) -> bool:
-        """Inside `extend_batch`: whether the caller of request `index` has gone away."""
+        """Inside `extend_batch` or `run_continuous`: whether the caller of request `index` has gone away."""
         futures: list[asyncio.Future[Extension]] | None = getattr(self._local, "futures", None)
         return futures is not None and futures[index].cancelled()
+
+    def run_continuous(self, requests: Sequence[ExtendRequest]) -> None:
+        """Run `requests` (indices 0..n-1) and whatever `admit` adds; `deliver` every result.
+
+        Called on the worker thread when `continuous` is true. Requests not delivered when it
+        returns or raises fail with the error (or an EngineError).
+        """
+        raise NotImplementedError
+
+    def admit(self, limit: int) -> list[tuple[int, ExtendRequest]]:
+        """Inside `run_continuous`: up to `limit` requests that arrived since, with their new indices."""
+        futures: list[asyncio.Future[Extension]] = self._local.futures
+        admitted: list[tuple[int, ExtendRequest]] = []
+        while len(admitted) < limit:
+            try:
+                pending = self._inbox.popleft()
+            except IndexError:
+                break
+            if pending.future.cancelled():
+                continue
+            futures.append(pending.future)
+            admitted.append((len(futures) - 1, pending.request))
+        return admitted
+
+    def deliver(self, index: int, result: Extension) -> None:
+        """Inside `run_continuous`: hand request `index` its result now."""
+        future: asyncio.Future[Extension] = self._local.futures[index]
+        self.sequences_run += 1
+        self.tokens_generated += len(result.token_ids)
+        self._local.delivered.add(index)
+        # Charge the time so far before the caller can see the result (and read busy_s).
+        now = time.perf_counter()
+        self.busy_s += now - self._local.busy_since
+        self._local.busy_since = now
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, future, result)
 
     async def extend(self, requests: Sequence[ExtendRequest]) -> list[Extension]:
         loop = asyncio.get_running_loop()
@@ -263,15 +320,19 @@ class BatchingEngine(Engine):
 
     async def _dispatch(self, queue: asyncio.Queue[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        carried: list[_Pending] = []  # arrived during a continuous batch but not admitted into it
         while True:
-            first = await queue.get()
+            batch = carried if carried else [await queue.get()]
             # Let every chain that is ready this turn enqueue its request before the batch is cut.
             await asyncio.sleep(0)
-            batch = [first]
             while not queue.empty() and len(batch) < self.max_batch_size:
                 batch.append(queue.get_nowait())
-            batch = [p for p in batch if not p.future.cancelled()]
+            carried = batch[self.max_batch_size :]
+            batch = [p for p in batch[: self.max_batch_size] if not p.future.cancelled()]
             if not batch:
+                continue
+            if self.continuous:
+                carried += await self._dispatch_continuous(loop, queue, batch)
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._run, batch)
@@ -284,6 +345,42 @@ class BatchingEngine(Engine):
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+
+    async def _dispatch_continuous(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Pending], batch: list[_Pending]
+    ) -> list[_Pending]:
+        """Run one continuous batch, feeding arrivals to its inbox; returns those it did not take."""
+        self._inbox.clear()
+        job = loop.run_in_executor(self._executor, self._run_continuous, batch)
+        while not job.done():
+            getter = loop.create_task(queue.get())
+            await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.cancel() and not getter.cancelled():
+                self._inbox.append(getter.result())
+        left = list(self._inbox)
+        self._inbox.clear()
+        return left
+
+    def _run_continuous(self, batch: list[_Pending]) -> None:
+        self._local.futures = [p.future for p in batch]
+        self._local.delivered = set()
+        self.batches_run += 1  # counted on entry: callers may see their results before it returns
+        self._local.busy_since = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            self.run_continuous([p.request for p in batch])
+        except Exception as exc:
+            error = exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}")
+        finally:
+            futures: list[asyncio.Future[Extension]] = self._local.futures
+            missing = [f for i, f in enumerate(futures) if i not in self._local.delivered]
+            self._local.futures = None
+            self.busy_s += time.perf_counter() - self._local.busy_since
+        if missing:
+            failure = error or EngineError("the engine ended a batch without a result for a request")
+            assert self._loop is not None
+            for future in missing:
+                self._loop.call_soon_threadsafe(_fail, future, failure)
 
     def _run(self, batch: list[_Pending]) -> list[Extension]:
         self._local.futures = [p.future for p in batch]
