@@ -27,9 +27,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from powersampling.engines.base import BatchingEngine, ChatMessage, EngineInfo, ExtendRequest, Extension
-from powersampling.engines.hf_tokenizer import chat_template_ids, template_supports_tools
+from powersampling.engines.base import BatchingEngine, EngineInfo, ExtendRequest, Extension
+from powersampling.engines.hf_tokenizer import HuggingFaceTokenizer
 from powersampling.engines.prefix_cache import PrefixKVCache
 from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument
 from powersampling.models import fingerprint_folder, fingerprint_state_dict
+from powersampling.models.eos import collect_eos_ids
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -116,13 +116,6 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
         ) from None
 
 
-def _as_int_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    values = value if isinstance(value, list | tuple) else [value]
-    return [int(v) for v in values if isinstance(v, int) and v >= 0]
-
-
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
@@ -189,7 +182,7 @@ class _Row:
         )
 
 
-class TorchEngine(BatchingEngine):
+class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
     """A Hugging Face causal LM run with PyTorch, batched with left padding and a KV cache.
 
     `model_dir` is a local transformers folder (config.json, safetensors, tokenizer); nothing is ever
@@ -294,24 +287,15 @@ class TorchEngine(BatchingEngine):
         if prefix_block_tokens < 1:
             raise InvalidArgument("prefix_block_tokens", "must be at least 1")
         self.model = model.to(device).eval()
-        self.tokenizer = tokenizer
-        # The worker thread decodes (stop strings) while the event loop's thread may encode prompts; a
-        # Rust tokenizer whose settings get touched from two threads at once raises "Already borrowed".
-        self._tokenizer_lock = threading.Lock()
+        self._init_tokenizer(tokenizer, name)
         self.device = device
         text_config = model.config.get_text_config()
         output = model.get_output_embeddings()
         # The logits' width is the model's vocabulary (it may exceed the tokenizer's, padded for speed):
         # p is defined over all of it, so sampling and ids accepted in prefixes use it too.
         self._vocab_size = int(output.weight.shape[0]) if output is not None else int(text_config.vocab_size)
-        eos: list[int] = []
         generation_config = getattr(model, "generation_config", None)
-        for value in (
-            getattr(generation_config, "eos_token_id", None),
-            getattr(text_config, "eos_token_id", None),
-            tokenizer.eos_token_id,
-        ):
-            eos.extend(i for i in _as_int_list(value) if i not in eos and i < self._vocab_size)
+        eos = collect_eos_ids(generation_config, text_config, tokenizer, vocab_size=self._vocab_size)
         if not eos:
             raise EngineError(
                 f"model {name!r} declares no EOS token (generation_config, config or tokenizer)"
@@ -325,7 +309,6 @@ class TorchEngine(BatchingEngine):
         self._pad_id = int(pad) if isinstance(pad, int) and 0 <= pad < self._vocab_size else self._eos[0]
         max_ctx = getattr(text_config, "max_position_embeddings", None)
         self._max_context = int(max_ctx) if isinstance(max_ctx, int) and max_ctx > 0 else 1 << 20
-        self._tokenizer_len = len(tokenizer)
         param = next(model.parameters())
         # Keys and values per token: [layers, 2, kv_heads, head_dim] in the model's dtype.
         heads = int(getattr(text_config, "num_attention_heads", 1))
@@ -377,32 +360,6 @@ class TorchEngine(BatchingEngine):
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
-
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of raw text, with the special tokens the tokenizer adds by default (Gemma's BOS)."""
-        with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        """Text of `token_ids`, special tokens skipped (ids past the tokenizer's table decode to nothing)."""
-        ids = [int(t) for t in token_ids if 0 <= int(t) < self._tokenizer_len]
-        with self._tokenizer_lock:
-            return str(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    @property
-    def supports_tools(self) -> bool:
-        return template_supports_tools(self.tokenizer)
-
-    def apply_chat_template(
-        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()
-    ) -> list[int]:
-        """Token ids of `messages` with the model's chat template, the assistant turn opened."""
-        with self._tokenizer_lock:
-            return chat_template_ids(self.tokenizer, messages, tools, model_name=self._info.model)
 
     # ------------------------------------------------------------------ generation
 
