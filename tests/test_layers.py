@@ -26,6 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("api", "cache", ""),
     ("telemetry",),
     ("config", "sampling_flags"),
+    ("serving",),
+    ("http",),
     ("server",),
     ("commands", "bench", "cli", "__main__"),
 )

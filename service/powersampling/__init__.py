@@ -14,7 +14,9 @@ Layers, bottom first; a module imports only from its own layer or below, and nev
     api, cache api, cache/, this package                        reason(); the cached run on Redis
     telemetry  telemetry/                                       OpenTelemetry spans and metrics
     config     config, sampling_flags                           validated settings and their flags
-    server     server/                                          the gRPC service
+    serving    serving/                                         the transport-neutral serving core
+    http       http/                                            the HTTP API over the serving core
+    server     server/                                          the gRPC service; starts both
     commands, bench, cli, __main__                              the command line
 """
 

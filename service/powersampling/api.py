@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from powersampling.engines.base import Engine, Prompt
@@ -34,9 +34,16 @@ def make_params(params: SamplingParams | None = None, **options: Any) -> Samplin
     return params
 
 
-def encode_and_check(engine: Engine, prompt: Prompt, params: SamplingParams, chat: bool | None) -> list[int]:
-    """Prompt token ids, checked against the model's context."""
-    prompt_ids = engine.encode_prompt(prompt, chat=chat)
+def encode_and_check(
+    engine: Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+    chat: bool | None,
+    *,
+    tools: Sequence[Mapping[str, Any]] = (),
+) -> list[int]:
+    """Prompt token ids, checked against the model's context (`tools`: see Engine.encode_prompt)."""
+    prompt_ids = engine.encode_prompt(prompt, chat=chat, tools=tools)
     context = engine.info.max_context_tokens
     if len(prompt_ids) >= context:
         raise InvalidArgument(
@@ -71,6 +78,29 @@ async def reason_async(
     started = time.perf_counter()
     params = make_params(params, **options)
     prompt_ids = encode_and_check(engine, prompt, params, chat)
+    return await reason_ids(engine, prompt_ids, params, on_event=on_event, resume=resume, started=started)
+
+
+async def reason_ids(
+    engine: Engine,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    on_event: EventSink | None = None,
+    resume: Mapping[int, Checkpoint] | None = None,
+    started: float | None = None,
+) -> list[ReasonResult]:
+    """`reason_async` below the text level: `prompt_ids` already encoded and checked against the
+    context (`encode_and_check`), `params` already validated and seeded (`make_params`).
+
+    The server calls this once it has checked a request, so nothing is encoded or validated twice.
+    `started` (a `time.perf_counter()` reading) is when the request's latency starts; default now.
+    """
+    if started is None:
+        started = time.perf_counter()
+    if params.seed is None:
+        raise InvalidArgument("seed", "reason_ids takes seeded params (see make_params)")
+    prompt_ids = list(prompt_ids)
     sampler = make_sampler(engine, prompt_ids, params, on_event=on_event)
     states = await sampler.run(resume=resume)
     latency_s = time.perf_counter() - started
@@ -126,4 +156,14 @@ def reason(
     return asyncio.run(reason_async(prompt, engine, params, chat=chat, on_event=on_event, **options))
 
 
-__all__ = ["Method", "ReasonResult", "SamplingParams", "SmcStats", "make_params", "reason", "reason_async"]
+__all__ = [
+    "Method",
+    "ReasonResult",
+    "SamplingParams",
+    "SmcStats",
+    "encode_and_check",
+    "make_params",
+    "reason",
+    "reason_async",
+    "reason_ids",
+]

@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
 def add_serve_command(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
-        help="run the gRPC reasoning service",
+        help="run the gRPC reasoning service (and, with --http-port, its OpenAI-compatible HTTP API)",
         description="Run powersampling.v1.ReasoningService. Every flag can also be set as an environment "
         "variable POWERSAMPLING_<FLAG> (e.g. POWERSAMPLING_PORT=50051); flags win.",
     )
@@ -153,7 +153,7 @@ async def _serve_until_signalled(config: ServerConfig) -> int:
     logging.getLogger("powersampling.server").warning(
         "second signal: stopping now, cancelling in-flight calls"
     )
-    await running.server.stop(0)  # cuts the drain short: in-flight calls are cancelled now
+    await running.force_stop()  # cuts the drain short: in-flight calls are cancelled now
     await draining
     return 130
 

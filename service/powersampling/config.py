@@ -48,6 +48,15 @@ class ServerConfig(BaseSettings):
     # Where to listen.
     host: str = Field("0.0.0.0", description="address to bind")
     port: int = Field(50051, ge=0, le=65535, description="port to bind (0: any free port)")
+    http_host: str | None = Field(
+        None, description="address of the OpenAI-compatible HTTP API; unset: host's"
+    )
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the OpenAI-compatible HTTP API (0: any free port); unset: off",
+    )
 
     # What to serve.
     model: str = Field(DEFAULT_MODEL, min_length=1, description="model name or local Hugging Face folder")
@@ -283,9 +292,11 @@ class ServerConfig(BaseSettings):
                     options[name.removeprefix("vllm_")] = value
         return options
 
-    @field_validator("host")
+    @field_validator("host", "http_host")
     @classmethod
-    def _host(cls, host: str) -> str:
+    def _host(cls, host: str | None) -> str | None:
+        if host is None:
+            return None
         try:
             ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
         except ValueError:

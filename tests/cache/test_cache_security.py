@@ -25,8 +25,8 @@ from powersampling.cache.keys import request_key
 from powersampling.cache.redis_cache import RedisChainCache
 from powersampling.cache.redis_keys import RedisKeys
 from powersampling.engines.toy import ToyEngine
-from powersampling.events import ChainState
-from powersampling.params import SamplingParams
+from powersampling.events import ChainState, SmcChunkFinished, SmcState
+from powersampling.params import Method, SamplingParams
 from powersampling.results import CacheStatus
 from powersampling.sampler import chain_seed
 from redis.asyncio import Redis
@@ -175,3 +175,30 @@ def test_without_a_secret_the_process_key_is_used_and_said(caplog: pytest.LogCap
     assert len(warnings) == 1 and "other replicas" in warnings[0]
     assert mac_key(None) == mac_key(None) and len(mac_key(None)) == 32
     assert SECRET not in repr(RedisChainCache.from_url("redis://h:1/0", secret=SECRET).settings)
+
+
+async def test_smc_checkpoints_are_sealed_with_the_replicas_secret(redis_server: RedisServer) -> None:
+    engine = make_engine()
+    params = SamplingParams(
+        method=Method.SMC, alpha=4.0, max_new_tokens=12, particles=4, chunk_size=3, seed=7
+    )
+    states: list[SmcState] = []
+
+    def keep(event: object) -> None:
+        if isinstance(event, SmcChunkFinished):
+            states.append(event.state)
+
+    await reason_async(PROMPT, engine, params, on_event=keep)
+    assert states, "the run emitted no SMC checkpoint"
+    state = states[len(states) // 2]
+    key = key_of(engine, params)
+    writer = RedisChainCache.from_url(redis_server.url, secret=SECRET)
+    same = RedisChainCache.from_url(redis_server.url, secret=SECRET)
+    other = RedisChainCache.from_url(redis_server.url, secret=OTHER_SECRET)
+    try:
+        await writer.put_checkpoint(key, state)
+        assert await same.get_checkpoints(key) == {state.chain_index: state}
+        assert await other.get_checkpoints(key) == {}  # not its seal: refused (and deleted)
+    finally:
+        for cache in (writer, same, other):
+            await cache.close()

@@ -193,3 +193,17 @@ async def test_async_client(server: ThreadedServer) -> None:
         with pytest.raises(PowerSamplingError) as info:
             await client.reason("abc?", token_budget=3, max_new_tokens=10)
         assert info.value.field == "token_budget"
+
+
+def test_describe_carries_the_work_caps(server: ThreadedServer) -> None:
+    from powersampling.config import ServerConfig
+
+    defaults = ServerConfig()
+    with PowerSamplingClient(server.target) as client:
+        limits = client.describe().limits
+    assert (limits.max_new_tokens, limits.max_token_budget, limits.max_planned_tokens) == (
+        defaults.max_new_tokens_limit,
+        defaults.max_token_budget,
+        defaults.max_planned_tokens,
+    )
+    assert limits.stream_idle_timeout_s == defaults.stream_idle_timeout_s and limits.stream_max_age_s == 0

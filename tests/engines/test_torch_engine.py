@@ -306,3 +306,26 @@ def test_bad_constructor_arguments(tiny_model_dir: Path, tmp_path: Path) -> None
     with pytest.raises(InvalidArgument) as err:
         TorchEngine(tiny_model_dir, device="cpu", max_batch_size=0)
     assert err.value.field == "max_batch_size"
+
+
+def test_tools_render_through_the_tiny_template(tiny_torch_engine: TorchEngine) -> None:
+    engine = tiny_torch_engine
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    assert engine.supports_tools
+    plain = engine.encode_prompt([{"role": "user", "content": "hi"}])
+    with_tools = engine.encode_prompt([{"role": "user", "content": "hi"}], tools=[tool])
+    text = engine.tokenizer.decode(with_tools)
+    assert '"name": "get_weather"' in text and "<tool_call>" in text
+    assert text.endswith(engine.tokenizer.decode(plain)[-len("hi<|im_end|>\n<|im_start|>assistant\n") :])
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    conversation = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny"},
+    ]
+    rendered = engine.tokenizer.decode(engine.encode_prompt(conversation, tools=[tool]))  # type: ignore[arg-type]
+    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in rendered
+    assert "<tool_response>\nsunny\n</tool_response>" in rendered
+    with pytest.raises(InvalidArgument) as refused:
+        engine.encode_prompt(conversation)  # type: ignore[arg-type]
+    assert refused.value.field == "messages[2].role"  # a tool result needs the tools

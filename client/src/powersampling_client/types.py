@@ -182,6 +182,12 @@ class ServerLimits:
     max_alpha: float
     max_particles: int = 0  # method "smc": particles per sweep (0: an older server without smc)
     max_sweeps: int = 0
+    # Caps on one request's work (0: an older server that does not report them).
+    max_new_tokens: int = 0
+    max_token_budget: int = 0
+    max_planned_tokens: int = 0  # worst-case proposal tokens of one chain, as the server plans them
+    stream_idle_timeout_s: float = 0.0  # a stream whose client stops reading ends after this
+    stream_max_age_s: float = 0.0  # 0: no age limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from powersampling.api import ReasonResult, reason_async
+from powersampling.api import ReasonResult, make_params, reason_ids
 from powersampling.cache.base import CacheKey, ChainCache, NullCache
 from powersampling.cache.keys import request_key
 from powersampling.engines.base import Engine
@@ -52,7 +52,10 @@ async def reason_cached(
     on_event: EventSink | None = None,
     on_cache_status: CacheStatusSink | None = None,
 ) -> tuple[list[ReasonResult], CacheStatus]:
-    """Answer from the cache, resume from checkpoints, or run; returns the results and the status."""
+    """Answer from the cache, resume from checkpoints, or run; returns the results and the status.
+
+    `prompt_ids` are checked already (`powersampling.api.encode_and_check`); they are not re-validated.
+    """
     report = on_cache_status or (lambda _status, _block: None)
     if cache is None or isinstance(cache, NullCache):
         status = CacheStatus.DISABLED
@@ -64,7 +67,7 @@ async def reason_cached(
         status = CacheStatus.MISS
     if status is not CacheStatus.MISS or cache is None:
         report(status, 0)
-        return await reason_async(list(prompt_ids), engine, params, on_event=on_event), status
+        return await reason_ids(engine, prompt_ids, make_params(params), on_event=on_event), status
 
     key = request_key(engine.info.fingerprint, tenant, prompt_ids, params)
     # The sampler of this request's method, for its checkpoint rules (the run builds its own).
@@ -95,9 +98,7 @@ async def reason_cached(
             on_event(event)
 
     try:
-        results = await reason_async(
-            list(prompt_ids), engine, params, on_event=on_sampler_event, resume=resume
-        )
+        results = await reason_ids(engine, prompt_ids, params, on_event=on_sampler_event, resume=resume)
     finally:
         # Checkpoints of finished blocks are kept even when the run fails or is cancelled: a re-sent
         # request resumes from them.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from powersampling.engines.base import ChatMessage
@@ -44,16 +44,51 @@ class HuggingFaceTokenizer:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> list[int]:
+    @property
+    def supports_tools(self) -> bool:
+        return template_supports_tools(self.tokenizer)
+
+    def apply_chat_template(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()
+    ) -> list[int]:
         """Token ids of `messages` with the model's chat template, the assistant turn opened."""
-        if not self.has_chat_template:
-            raise InvalidArgument("messages", f"model {self._tokenizer_model_name!r} has no chat template")
-        turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
         with self._tokenizer_lock:
-            ids = self.tokenizer.apply_chat_template(
-                turns, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        return [int(t) for t in cast("list[int]", ids)]
+            return chat_template_ids(self.tokenizer, messages, tools, model_name=self._tokenizer_model_name)
 
 
-__all__ = ["HuggingFaceTokenizer"]
+def template_supports_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders tools (Qwen2.5's, Llama 3.1's, Hermes' read `tools`)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and "tools" in template
+
+
+def chat_template_ids(
+    tokenizer: Any,
+    messages: Sequence[ChatMessage],
+    tools: Sequence[Mapping[str, Any]] = (),
+    *,
+    model_name: str,
+) -> list[int]:
+    """Token ids of `messages` (and `tools`) through the tokenizer's chat template, assistant turn opened.
+
+    The caller holds the tokenizer's lock.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidArgument("messages", f"model {model_name!r} has no chat template")
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        turn: dict[str, Any] = {"role": str(m["role"]), "content": str(m["content"])}
+        if m.get("tool_calls"):
+            turn["tool_calls"] = m["tool_calls"]
+        turns.append(turn)
+    ids = tokenizer.apply_chat_template(
+        turns,
+        tools=[dict(t) for t in tools] or None,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    return [int(t) for t in cast("list[int]", ids)]
+
+
+__all__ = ["HuggingFaceTokenizer", "chat_template_ids", "template_supports_tools"]

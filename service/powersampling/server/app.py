@@ -18,7 +18,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,7 +35,11 @@ from powersampling.server.instrumentation import grpc_interceptors
 from powersampling.server.limits import WorkLimits, check_work
 from powersampling.server.servicer import ReasoningServicer
 from powersampling.server.validation import decode_describe_request, decode_reason_request
+from powersampling.serving.core import ServingCore
 from powersampling.telemetry.base import NoTelemetry, Telemetry
+
+if TYPE_CHECKING:
+    from powersampling.http.api_server import HttpServer
 
 logger = logging.getLogger("powersampling.server")
 
@@ -57,6 +61,7 @@ class RunningServer:
     telemetry: Telemetry
     cache: ChainCache | None
     owns: frozenset[str] = frozenset()  # what serve() created, and so closes: "engine", "cache", "telemetry"
+    http: HttpServer | None = None  # the OpenAI-compatible HTTP API, when config.http_port is set
     _stopping: asyncio.Task[None] | None = field(default=None, init=False)
 
     @property
@@ -69,6 +74,23 @@ class RunningServer:
         elif ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{self.port}"
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP API's port (None when it is off)."""
+        return self.http.port if self.http is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """Where a client on this host reaches the HTTP API ("http://127.0.0.1:8000"), if it is on."""
+        if self.http is None:
+            return None
+        host = self.target.rsplit(":", 1)[0] if self.config.http_host is None else self.config.http_host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host in ("::", "[::]"):
+            host = "[::1]"
+        return f"http://{host}:{self.http.port}"
 
     @property
     def engine(self) -> Engine | None:
@@ -99,7 +121,11 @@ class RunningServer:
         logger.info("shutting down: draining in-flight calls for up to %.1f s", grace_s)
         await self.health.enter_graceful_shutdown()
         self.startup.cancel()
-        await self.server.stop(grace_s)
+        # Both listeners drain together: in-flight gRPC streams and HTTP requests share the grace.
+        draining = [self.server.stop(grace_s)]
+        if self.http is not None:
+            draining.append(self.http.stop(grace_s))
+        await asyncio.gather(*draining)
         engine = self.engine
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.startup
@@ -110,6 +136,12 @@ class RunningServer:
         if "telemetry" in self.owns:
             self.telemetry.shutdown()
         logger.info("server stopped")
+
+    async def force_stop(self) -> None:
+        """Cut a drain short (a second signal): in-flight calls on both listeners are cancelled now."""
+        if self.http is not None:
+            self.http.force()
+        await self.server.stop(0)
 
 
 async def serve(
@@ -140,7 +172,8 @@ async def serve(
         authenticator = Authenticator(config.auth_token, config.tenant_tokens())
     except ValueError as exc:  # e.g. the tokens file changed since the settings were read
         raise InvalidArgument("auth_tokens", str(exc)) from None
-    servicer = ReasoningServicer(config, cache=cache, telemetry=telemetry, authenticator=authenticator)
+    core = ServingCore(config, cache=cache, telemetry=telemetry, authenticator=authenticator)
+    servicer = ReasoningServicer(config, core=core)
 
     interceptors = list(grpc_interceptors(telemetry))
     if authenticator.enabled:
@@ -164,9 +197,12 @@ async def serve(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
 
+    http: HttpServer | None = None
     try:
         port = _bind(server, config)
         await server.start()
+        if config.http_port is not None:
+            http = await _start_http(core, config)
     except BaseException:
         await server.stop(None)
         if "cache" in owns and cache is not None:
@@ -196,7 +232,18 @@ async def serve(
         telemetry=telemetry,
         cache=cache,
         owns=frozenset(owns),
+        http=http,
     )
+
+
+async def _start_http(core: ServingCore, config: ServerConfig) -> HttpServer:
+    try:
+        from powersampling.http.api_server import HttpServer
+    except ImportError as exc:
+        raise InvalidArgument(
+            "http_port", f"the HTTP API is not available in this installation ({exc})"
+        ) from None
+    return await HttpServer.start(core, config)
 
 
 def _reasoning_handler(servicer: ReasoningServicer) -> grpc.GenericRpcHandler:

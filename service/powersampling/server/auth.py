@@ -19,22 +19,16 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from powersampling.serving.request import Identity
 
 logger = logging.getLogger("powersampling.server")
 
 EXEMPT_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _SCHEME = "bearer "
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who made a call: the tenant bound to its token, or None when the token carries no tenant."""
-
-    tenant: str | None
 
 
 def _digest(token: str) -> bytes:

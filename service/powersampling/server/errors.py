@@ -12,29 +12,18 @@ from typing import NoReturn
 
 import grpc
 
-from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument, PowerSamplingError
+from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument
+from powersampling.serving.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    PermissionDenied,
+    ResponseTooLarge,
+    ServerOverloaded,
+    ServiceUnavailable,
+    Unauthenticated,
+)
 
 logger = logging.getLogger("powersampling.server")
-
-
-class ServerOverloaded(PowerSamplingError):
-    """Admission refused the request: every slot is busy and the queue is full."""
-
-
-class ServiceUnavailable(PowerSamplingError):
-    """The server cannot take requests right now (the model is loading, or it is shutting down)."""
-
-
-class ResponseTooLarge(PowerSamplingError):
-    """An outgoing message would exceed max_message_bytes (the client could not receive it)."""
-
-
-class PermissionDenied(PowerSamplingError):
-    """The caller is authenticated but may not do what it asked; names the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str]:
@@ -50,6 +39,12 @@ def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCod
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, PermissionDenied):
         return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, Cancelled):
+        return grpc.StatusCode.CANCELLED, str(exc)
     if isinstance(exc, EngineError):
         logger.error("engine error%s: %s", ref, exc)
         return grpc.StatusCode.INTERNAL, f"the engine failed{ref}; details are in the server log"
@@ -67,10 +62,13 @@ async def abort_with_status(
 
 
 __all__ = [
+    "Cancelled",
+    "DeadlineExceeded",
     "PermissionDenied",
     "ResponseTooLarge",
     "ServerOverloaded",
     "ServiceUnavailable",
+    "Unauthenticated",
     "abort_with_status",
     "status_for",
 ]

@@ -14,7 +14,6 @@ request is admitted.
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +22,20 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from powersampling._proto.v1 import reasoning_pb2 as pb
-from powersampling.cache.keys import MAX_TENANT_LENGTH
 from powersampling.engines.base import ChatMessage, Prompt
 from powersampling.errors import InvalidArgument
 from powersampling.params import SMC_FIELDS, Method, SamplingParams
 from powersampling.results import CachePolicy
-from powersampling.server.errors import PermissionDenied
-from powersampling.server.limits import WorkLimits, check_work
+from powersampling.serving.request import (
+    NOT_FOR_SMC,
+    RequestLimits,
+    ValidRequest,
+    check_chars,
+    check_limits,
+    check_smc_fields,
+    resolve_tenant,
+    smc_options,
+)
 
 METHODS: dict[int, Method] = {
     pb.METHOD_POWER: Method.POWER,
@@ -57,7 +63,7 @@ _OPTIONAL_PARAMS = (
     *SMC_FIELDS,
 )
 # Power sampling's knobs that method smc does not use: setting one with it is a mistake worth naming.
-_NOT_FOR_SMC = ("block_size", "mcmc_steps")
+_NOT_FOR_SMC = NOT_FOR_SMC
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,27 +72,6 @@ class MalformedRequest:
 
     field: str
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """The server's bounds on one request."""
-
-    max_samples_per_request: int
-    max_prompt_chars: int
-    max_context_tokens: int
-    work: WorkLimits | None = None  # the operator's caps on the request's work; None: none
-
-
-@dataclass(frozen=True, slots=True)
-class ValidRequest:
-    """A request that passed every check the server can make without the tokenizer."""
-
-    prompt: Prompt
-    params: SamplingParams  # unseeded when the request had no seed (the run draws one)
-    chat: bool | None
-    cache_policy: CachePolicy
-    tenant: str
 
 
 def decode_reason_request(data: bytes) -> pb.ReasonRequest | MalformedRequest:
@@ -133,32 +118,17 @@ def validate_reason_request(
     if cache_policy is None:
         raise InvalidArgument("cache_policy", f"unknown value {request.cache_policy}")
     options = {name: getattr(request, name) for name in _OPTIONAL_PARAMS if request.HasField(name)}
-    options = {**_smc_options(method, defaults, smc_defaults), **options}
+    options = {**smc_options(method, defaults, smc_defaults), **options}
     params = dataclasses.replace(defaults, method=method, stop=tuple(request.stop), **options)
-    if method is Method.SMC:
-        for name in _NOT_FOR_SMC:
-            if request.HasField(name):
-                raise InvalidArgument(
-                    name,
-                    "is not used by method smc; leave it unset (smc takes particles, sweeps, chunk_size)",
-                )
-    if params.n > limits.max_samples_per_request:
-        raise InvalidArgument(
-            "n", f"at most {limits.max_samples_per_request} samples per request, got {params.n}"
-        )
-    if params.block_size > limits.max_context_tokens:
-        raise InvalidArgument(
-            "block_size",
-            f"{params.block_size} exceeds the model's whole context ({limits.max_context_tokens} tokens)",
-        )
-    if limits.work is not None:
-        check_work(params, limits.work)
+    check_smc_fields(method, [name for name in _NOT_FOR_SMC if request.HasField(name)])
+    check_limits(params, limits)
     return ValidRequest(
         prompt=prompt,
         params=params,
         chat=request.chat if request.HasField("chat") else None,
         cache_policy=cache_policy,
-        tenant=_tenant(request.tenant, bound_tenant),
+        tenant=resolve_tenant(request.tenant, bound_tenant),
+        prompt_field=request.WhichOneof("prompt") or "prompt",
     )
 
 
@@ -169,13 +139,13 @@ def _prompt(request: pb.ReasonRequest, limits: RequestLimits) -> Prompt:
     if kind == "text":
         if not request.text.strip():
             raise InvalidArgument("text", "must not be empty")
-        _check_chars("text", len(request.text), limits)
+        check_chars("text", len(request.text), limits)
         return request.text
     if kind == "messages":
         items = request.messages.messages
         if not items:
             raise InvalidArgument("messages", "must hold at least one message")
-        _check_chars("messages", sum(len(m.content) + len(m.role) for m in items), limits)
+        check_chars("messages", sum(len(m.content) + len(m.role) for m in items), limits)
         messages: list[ChatMessage] = [{"role": m.role, "content": m.content} for m in items]
         return messages
     ids = list(request.token_ids.ids)
@@ -188,13 +158,6 @@ def _prompt(request: pb.ReasonRequest, limits: RequestLimits) -> Prompt:
     return ids
 
 
-def _check_chars(field: str, chars: int, limits: RequestLimits) -> None:
-    if chars > limits.max_prompt_chars:
-        raise InvalidArgument(
-            field, f"{chars} characters exceed the server's limit of {limits.max_prompt_chars}"
-        )
-
-
 def _method(value: int, defaults: SamplingParams) -> Method:
     if value == pb.METHOD_UNSPECIFIED:
         return defaults.method
@@ -203,37 +166,6 @@ def _method(value: int, defaults: SamplingParams) -> Method:
         known = ", ".join(pb.Method.Name(v) for v in METHODS)
         raise InvalidArgument("method", f"unknown value {value}; use one of {known}")
     return method
-
-
-def _smc_options(
-    method: Method, defaults: SamplingParams, smc_defaults: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The SMC fields before the request's own: the values in force for smc (so the resolved
-    parameters say what ran), unset for every other method (where setting one is refused)."""
-    if method is not Method.SMC:
-        return dict.fromkeys(SMC_FIELDS)
-    if smc_defaults is None:  # None leaves a field to the method's own default
-        smc_defaults = (
-            {name: getattr(defaults, name) for name in SMC_FIELDS} if defaults.method is Method.SMC else {}
-        )
-    return {name: smc_defaults.get(name) for name in SMC_FIELDS}
-
-
-def _tenant(requested: str, bound: str | None) -> str:
-    if bound is not None:
-        if requested and requested != bound:
-            if not bound:  # e.g. the shared token beside tenant tokens
-                raise PermissionDenied(
-                    "tenant",
-                    'these credentials may use only the default tenant ""; use a token bound to the tenant',
-                )
-            raise PermissionDenied("tenant", "differs from the tenant of the caller's credentials")
-        return bound
-    if len(requested) > MAX_TENANT_LENGTH:
-        raise InvalidArgument("tenant", f"at most {MAX_TENANT_LENGTH} characters, got {len(requested)}")
-    if any(unicodedata.category(c).startswith("C") for c in requested):
-        raise InvalidArgument("tenant", "must not contain control or unassigned characters")
-    return requested
 
 
 # --- Locating invalid UTF-8 in raw protobuf bytes --------------------------------------------------

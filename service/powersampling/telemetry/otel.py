@@ -204,6 +204,20 @@ class OtelTelemetry:
         )
         return (aio_server_interceptor(tracer_provider=self.tracer_provider, filter_=filters.negate(quiet)),)
 
+    def instrument_http_app(self, app: Any) -> None:
+        """http.* server spans for the HTTP API's FastAPI app (opentelemetry-instrumentation-fastapi;
+        health and readiness probes excluded); nothing when tracing is off."""
+        if self.tracer_provider is None:
+            return
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            excluded_urls="health,ready",
+        )
+
     def force_flush(self, timeout_millis: int = 30_000) -> None:
         """Export everything recorded so far (tests and benchmarks)."""
         if self.tracer_provider is not None:
