@@ -91,6 +91,12 @@ def test_engine_knobs_reach_the_engine_options(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("POWERSAMPLING_VLLM_DISTRIBUTED_EXECUTOR_BACKEND")
     torch_config = load_config(engine="torch", device="cpu", engine_max_batch_size=8)
     assert torch_config.engine_options() == {"device": "cpu", "max_batch_size": 8}
+    torch_config = load_config(engine="torch", torch_prefix_cache_tokens=0, torch_continuous_batching=False)
+    assert torch_config.engine_options() == {
+        "device": "auto",
+        "prefix_cache_tokens": 0,
+        "continuous_batching": False,
+    }
     assert load_config(engine="toy").engine_options() == {}
 
 
@@ -100,6 +106,9 @@ def test_engine_knobs_reach_the_engine_options(monkeypatch: pytest.MonkeyPatch) 
         ({"engine": "torch", "vllm_tensor_parallel_size": 2}, "vllm_tensor_parallel_size"),
         ({"engine": "toy", "vllm_distributed_executor_backend": "ray"}, "vllm_distributed_executor_backend"),
         ({"engine": "toy", "engine_max_batch_size": 4}, "engine_max_batch_size"),
+        ({"engine": "vllm", "torch_prefix_cache_tokens": 4096}, "torch_prefix_cache_tokens"),
+        ({"engine": "toy", "torch_continuous_batching": False}, "torch_continuous_batching"),
+        ({"engine": "torch", "torch_prefix_cache_tokens": -1}, "torch_prefix_cache_tokens"),
         (
             {"engine": "vllm", "vllm_distributed_executor_backend": "carrier-pigeon"},
             "vllm_distributed_executor_backend",

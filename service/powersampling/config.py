@@ -69,6 +69,14 @@ class ServerConfig(BaseSettings):
     engine_max_batch_size: int | None = Field(
         None, ge=1, le=65_536, description="sequences in one batch (torch) or running at once (vllm)"
     )
+    torch_prefix_cache_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="tokens of prefix keys/values the torch engine keeps (0: no reuse; unset: 1 GiB)",
+    )
+    torch_continuous_batching: bool | None = Field(
+        None, description="admit requests into the torch engine's running batch between decoding steps"
+    )
     vllm_num_logprobs: int | None = Field(
         None, ge=1, le=1 << 20, description="top-K log p behind each log q (its tail is bounded)"
     )
@@ -255,6 +263,8 @@ class ServerConfig(BaseSettings):
 
     # A knob set for another engine is refused rather than silently ignored (unset knobs are None).
     @field_validator(
+        "torch_prefix_cache_tokens",
+        "torch_continuous_batching",
         "vllm_num_logprobs",
         "vllm_max_model_len",
         "vllm_gpu_memory_utilization",
@@ -264,10 +274,11 @@ class ServerConfig(BaseSettings):
         "vllm_distributed_executor_backend",
     )
     @classmethod
-    def _vllm_only(cls, value: Any, info: ValidationInfo) -> Any:
+    def _for_its_engine(cls, value: Any, info: ValidationInfo) -> Any:
+        owner = str(info.field_name).split("_", 1)[0]  # torch_* or vllm_*
         engine = info.data.get("engine")
-        if value is not None and engine is not None and engine != "vllm":
-            raise ValueError(f"applies to the vllm engine only (engine is {engine})")
+        if value is not None and engine is not None and engine != owner:
+            raise ValueError(f"applies to the {owner} engine only (engine is {engine})")
         return value
 
     @field_validator("engine_max_batch_size")
@@ -285,11 +296,11 @@ class ServerConfig(BaseSettings):
         batch_name = "max_batch_size" if self.engine == "torch" else "max_num_seqs"
         if self.engine_max_batch_size is not None:
             options[batch_name] = self.engine_max_batch_size
-        if self.engine == "vllm":
-            for name in type(self).model_fields:
-                value = getattr(self, name)
-                if name.startswith("vllm_") and value is not None:
-                    options[name.removeprefix("vllm_")] = value
+        prefix = f"{self.engine}_"  # the knobs of this engine: torch_* or vllm_*
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.startswith(prefix) and value is not None:
+                options[name.removeprefix(prefix)] = value
         return options
 
     @field_validator("host", "http_host")
