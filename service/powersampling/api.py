@@ -110,7 +110,6 @@ async def reason_ids(
     results = []
     for state in states:
         o = sampler.outcome(state)
-        steps = o.mcmc_steps
         results.append(
             ReasonResult(
                 text=o.text,
@@ -118,12 +117,12 @@ async def reason_ids(
                 finish_reason=o.finish_reason,
                 tokens_spent=o.tokens_spent,
                 token_budget=params.token_budget,
-                mcmc_steps=steps,
+                mcmc_steps=o.mcmc_steps,
                 accepted_steps=o.accepted_steps,
                 changed_steps=o.changed_steps,
                 skipped_steps=o.skipped_steps,
-                acceptance_rate=o.accepted_steps / steps if steps else 0.0,
-                change_rate=o.changed_steps / steps if steps else 0.0,
+                acceptance_rate=o.acceptance_rate,
+                change_rate=o.change_rate,
                 log_prob=o.log_prob,
                 latency_s=latency_s,
                 model=info.model,

@@ -26,14 +26,13 @@ from typing import Any, Generic, Protocol, TypeVar
 from powersampling.api import ReasonResult, encode_and_check
 from powersampling.cache.base import CacheStatus, ChainCache
 from powersampling.cache.cached_reason import reason_cached
+from powersampling.cache.redis_keys import tenant_hash
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
 from powersampling.events import BlockFinished, SamplerEvent, SmcChunkFinished
-from powersampling.params import SamplingParams
 from powersampling.sampler import make_sampler
 from powersampling.sampler.smc import SmcPlan
-from powersampling.sampler.stops import StopMatcher
 from powersampling.serving.admission import AdmissionControl
 from powersampling.serving.errors import ServiceUnavailable, Unauthenticated
 from powersampling.serving.events import (
@@ -191,8 +190,6 @@ def _tenant_ref(tenant: str | None) -> str:
     """The tenant as the cache names it (a hash: tenant names stay out of the log)."""
     if tenant is None:
         return "-"
-    from powersampling.cache.redis_cache import tenant_hash
-
     return tenant_hash(tenant)
 
 
@@ -215,9 +212,11 @@ class _ReasonRun:
         self.prompt_ids = prompt_ids
         self.request_id = request_id
         self.received = received
-        self.num_blocks = _planned_blocks(engine, prompt_ids, self.params)
+        # The request's sampler, for its plan and its answer text (the run builds its own; the plan
+        # and the text do not depend on the seed, which an unseeded request draws later).
+        self.sampler = make_sampler(engine, prompt_ids, self.params.with_seed(0))
+        self.num_blocks = _planned_blocks(self.sampler.plan)
         self.shown_text: dict[int, str] = {}  # SMC: the text last sent for each chain
-        self.stops = StopMatcher(self.params.stop, engine.detokenize) if self.params.stop else None
         self.buffer: EventBuffer[CallStarted] = EventBuffer(MAX_PENDING_EVENTS)
         self.cache_status: CacheStatus | None = None
         self._chain_tokens: dict[int, int] = {}  # tokens each chain has spent, as its events report
@@ -277,8 +276,7 @@ class _ReasonRun:
         return CallProgress(event=event, text=text, revised=revised, params=self.params)
 
     def _text(self, token_ids: Sequence[int]) -> str:
-        text = self.engine.detokenize(token_ids)
-        return self.stops.trim_text(text) if self.stops is not None else text
+        return self.sampler.answer_text(token_ids)
 
     async def stream(self) -> AsyncGenerator[CallEvent, None]:
         task = asyncio.get_running_loop().create_task(
@@ -375,10 +373,9 @@ class EventBuffer(Generic[T]):
             await self._wakeup.wait()
 
 
-def _planned_blocks(engine: Engine, prompt_ids: Sequence[int], params: SamplingParams) -> int:
+def _planned_blocks(plan: object) -> int:
     """The call's progress slots, from the sampler's own plan: MH's blocks, or SMC's chunks over
-    all sweeps. (The plan does not depend on the seed; an unseeded request draws its own later.)"""
-    plan = make_sampler(engine, prompt_ids, params.with_seed(0)).plan
+    all sweeps."""
     if isinstance(plan, SmcPlan):
         return plan.sweeps * plan.chunks_per_sweep
     return int(plan.num_blocks)  # type: ignore[attr-defined]
