@@ -261,6 +261,20 @@ class ServerConfig(BaseSettings):
             "secret": self.cache_secret_value(),
         }
 
+    def cache_description(self) -> dict[str, str]:
+        """The cache settings in force as Describe shows them: never the secret, only whether one is set."""
+        options = self.cache_options()
+        shown = {
+            "answer_ttl_s": options["ttl_s"],
+            "checkpoint_ttl_s": options["partial_ttl_s"],
+            "timeout_s": options["timeout_s"],
+            "connect_timeout_s": options["connect_timeout_s"],
+            "max_value_bytes": options["max_value_bytes"],
+        }
+        return {name: str(value) for name, value in shown.items() if value is not None} | {
+            "authenticated": str(options["secret"] is not None).lower()
+        }
+
     # A knob set for another engine is refused rather than silently ignored (unset knobs are None).
     @field_validator(
         "torch_prefix_cache_tokens",

@@ -6,7 +6,10 @@ import logging
 import socket
 from pathlib import Path
 
+import grpc
 import pytest
+from powersampling._proto.v1 import reasoning_pb2 as pb
+from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.cache.codec import mac_key
 from powersampling.cache.redis_cache import RedisChainCache
 from powersampling.cli import build_parser, main
@@ -151,5 +154,15 @@ async def test_serve_builds_its_cache_from_the_settings(redis_server: RedisServe
         assert isinstance(cache, RedisChainCache)
         assert cache.settings.ttl_s == 120 and cache.settings.max_value_bytes == 65536
         assert cache._mac_key == mac_key(SECRET)
+        await running.wait_ready(10)
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            description = await pb_grpc.ReasoningServiceStub(channel).Describe(pb.DescribeRequest())
+        shown = dict(description.cache_settings)
+        assert (shown["answer_ttl_s"], shown["max_value_bytes"], shown["authenticated"]) == (
+            "120.0",
+            "65536",
+            "true",
+        )
+        assert SECRET not in str(description)  # whether a secret is set, never the secret
     finally:
         await running.stop(0)

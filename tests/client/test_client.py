@@ -207,3 +207,6 @@ def test_describe_carries_the_work_caps(server: ThreadedServer) -> None:
         defaults.max_planned_tokens,
     )
     assert limits.stream_idle_timeout_s == defaults.stream_idle_timeout_s and limits.stream_max_age_s == 0
+    with PowerSamplingClient(server.target) as client:
+        info = client.describe()
+    assert info.engine_settings == {} and info.cache_settings == {}  # the toy engine, no cache

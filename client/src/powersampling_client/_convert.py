@@ -295,6 +295,8 @@ def service_info_from_proto(d: pb.ServiceDescription) -> ServiceInfo:
         ),
         version=d.version,
         cache_enabled=d.cache_enabled,
+        engine_settings=dict(d.engine_settings),
+        cache_settings=dict(d.cache_settings),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 import grpc
@@ -204,6 +204,9 @@ class ServiceInfo:
     limits: ServerLimits
     version: str
     cache_enabled: bool
+    # The engine options and cache settings the operator set, as text (empty from an older server).
+    engine_settings: dict[str, str] = field(default_factory=dict)
+    cache_settings: dict[str, str] = field(default_factory=dict)
 
 
 __all__ = [

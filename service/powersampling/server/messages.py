@@ -269,6 +269,7 @@ def service_description(
         engine_settings={
             name: str(value) for name, value in config.engine_options().items() if name != "device"
         },
+        cache_settings=config.cache_description() if cache_enabled else {},
     )
 
 

@@ -362,8 +362,15 @@ class ServerLimits(_message.Message):
     def __init__(self, max_samples_per_request: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_stop_strings: _Optional[int] = ..., max_stop_length: _Optional[int] = ..., max_concurrent_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_mcmc_steps: _Optional[int] = ..., max_alpha: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., max_token_budget: _Optional[int] = ..., max_planned_tokens: _Optional[int] = ..., stream_idle_timeout_s: _Optional[float] = ..., stream_max_age_s: _Optional[float] = ..., max_particles: _Optional[int] = ..., max_sweeps: _Optional[int] = ...) -> None: ...
 
 class ServiceDescription(_message.Message):
-    __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled", "engine_settings")
+    __slots__ = ("model", "engine", "fingerprint", "device", "max_context_tokens", "has_chat_template", "defaults", "limits", "version", "cache_enabled", "engine_settings", "cache_settings")
     class EngineSettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CacheSettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +388,7 @@ class ServiceDescription(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CACHE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     ENGINE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     model: str
     engine: str
     fingerprint: str
@@ -392,4 +400,5 @@ class ServiceDescription(_message.Message):
     version: str
     cache_enabled: bool
     engine_settings: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ..., engine_settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    cache_settings: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., engine: _Optional[str] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., defaults: _Optional[_Union[SamplingParams, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ..., engine_settings: _Optional[_Mapping[str, str]] = ..., cache_settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
