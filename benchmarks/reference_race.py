@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from powersampling import reason_async
 from powersampling.engines.base import Engine, ExtendRequest
-from powersampling.engines.factory import load_engine
+from powersampling.engines.factory import load_engine, load_random_engine
 from powersampling.engines.torch_engine import EngineProfile, TorchEngine
 from powersampling.models import DEFAULT_MODEL
 
@@ -232,6 +232,14 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--random-weights",
+        metavar="ARCH",
+        help="race on a random-weight model of this shape (qwen2.5-7b, ...)",
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer folder for --random-weights (default: the default model's)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--prompts", type=int, default=16, help="number of few-shot arithmetic prompts")
@@ -252,7 +260,10 @@ async def main() -> None:
     args = parser.parse_args()
     wanted = set(args.runs.split(","))
 
-    engine = load_engine(args.model, engine="torch", device=args.device, dtype=args.dtype)
+    if args.random_weights:
+        engine = load_random_engine(args.random_weights, args.tokenizer, device=args.device, dtype=args.dtype)
+    else:
+        engine = load_engine(args.model, engine="torch", device=args.device, dtype=args.dtype)
     assert isinstance(engine, TorchEngine)
     # The same weights without prefix reuse and with batch-at-a-time dispatch: the engine as it was.
     noreuse = TorchEngine.from_pretrained_objects(

@@ -51,4 +51,50 @@ def load_engine(
     return VllmEngine(prepared.path, **kwargs)
 
 
-__all__ = ["ENGINES", "EngineName", "load_engine"]
+def load_random_engine(
+    architecture: str,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "bfloat16",
+    seed: int = 0,
+    **kwargs: Any,
+) -> Engine:
+    """A torch engine on a random-weight model of `architecture`'s size (models/random_weights.py).
+
+    The tokenizer comes from `tokenizer_dir` (any Qwen2.5 model folder, or a folder holding only its
+    tokenizer files); by default from the embedded default model, which must be prepared. For latency
+    figures only: the answers are noise. `kwargs` go to the engine (prefix cache, batching).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from powersampling.engines.torch_engine import TorchEngine, resolve_device
+    from powersampling.models.random_weights import build_random_model, random_model_fingerprint
+
+    folder = tokenizer_dir if tokenizer_dir is not None else resolve_model(DEFAULT_MODEL).path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument("tokenizer_dir", f"no tokenizer in {folder}: {exc}") from exc
+    eos = tokenizer.eos_token_id
+    if not isinstance(eos, int):
+        raise InvalidArgument("tokenizer_dir", f"the tokenizer in {folder} declares no EOS token")
+    where = resolve_device(device)
+    try:
+        model = build_random_model(architecture, eos_token_id=eos, device=str(where), dtype=dtype, seed=seed)
+    except ValueError as exc:
+        raise InvalidArgument("architecture", str(exc)) from exc
+    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if where.type == "cuda":
+        torch.cuda.synchronize()
+    return TorchEngine.from_pretrained_objects(
+        model,
+        tokenizer,
+        name=f"random-{architecture}",
+        fingerprint=random_model_fingerprint(architecture, seed, dtype_name),
+        **kwargs,
+    )
+
+
+__all__ = ["ENGINES", "EngineName", "load_engine", "load_random_engine"]

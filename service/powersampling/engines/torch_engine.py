@@ -85,7 +85,7 @@ class EngineProfile:
         return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -214,7 +214,7 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise InvalidArgument("model_dir", f"{path} is not a model folder (no config.json)")
-        resolved_device = _resolve_device(device)
+        resolved_device = resolve_device(device)
         torch_dtype = _resolve_dtype(dtype, resolved_device)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
@@ -253,7 +253,7 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
         a hash of the config and state dict.
         """
         engine = cls.__new__(cls)
-        resolved = _resolve_device(device) if device is not None else next(model.parameters()).device
+        resolved = resolve_device(device) if device is not None else next(model.parameters()).device
         engine._setup(
             model,
             tokenizer,
