@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TypedDict, Unpack
 
 import grpc
+
 from powersampling_client._proto.v1 import reasoning_pb2 as pb
 from powersampling_client.types import (
     Answer,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import grpc
+
 from powersampling_client._convert import (
     Prompt,
     ReasonOptions,
