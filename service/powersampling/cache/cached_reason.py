@@ -22,6 +22,7 @@ Semantics:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -125,7 +126,7 @@ class _CheckpointWriter:
     async def _drain(self, index: int) -> None:
         try:
             while (state := self._newest.pop(index, None)) is not None:
-                await _quietly(lambda s=state: self._cache.put_checkpoint(self._key, s), None)
+                await _quietly(functools.partial(self._cache.put_checkpoint, self._key, state), None)
         finally:
             del self._writers[index]
 
