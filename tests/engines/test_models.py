@@ -29,6 +29,7 @@ from powersampling.models import (
     locate_parts,
     models_cache_dir,
     prepare_known_model,
+    prepare_tiny_model,
     resolve_model,
 )
 from powersampling.models.fingerprints import FINGERPRINT_SIDECAR, MANIFEST_NAME
@@ -238,3 +239,23 @@ def test_default_model_answers_in_chat() -> None:
     assert "85" in engine.detokenize(ext.token_ids)
     assert ext.ended_by_eos and ext.token_ids[-1] in eos
     assert os.fspath(engine.info.fingerprint) == resolve_model(DEFAULT_MODEL).fingerprint
+
+
+def test_stale_tiny_model_is_rebuilt(tmp_path: Path) -> None:
+    from powersampling.models.tiny import TINY_BUILD_MARKER
+
+    folder = prepare_tiny_model(cache_dir=tmp_path)
+    marker = folder / TINY_BUILD_MARKER
+    build = marker.read_text()
+    assert prepare_tiny_model(cache_dir=tmp_path) == folder  # current: served as it is
+    assert marker.read_text() == build
+    # A copy from an older recipe (here: a marker that does not match, or none at all) is rebuilt.
+    for stale in ("0000000000000000\n", None):
+        (folder / "tokenizer_config.json").write_text("{}")
+        if stale is None:
+            marker.unlink()
+        else:
+            marker.write_text(stale)
+        assert prepare_tiny_model(cache_dir=tmp_path) == folder
+        assert marker.read_text() == build
+        assert (folder / "tokenizer_config.json").read_text() != "{}"

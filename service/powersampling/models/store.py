@@ -26,7 +26,13 @@ from powersampling.errors import EngineError, InvalidArgument, UnknownModel
 from powersampling.models.fingerprints import MANIFEST_NAME, fingerprint_folder
 from powersampling.models.gguf import assemble_gguf, convert_gguf, locate_parts
 from powersampling.models.registry import KNOWN_MODELS, KnownModel, known_model
-from powersampling.models.tiny import HEAD_DIM_32, TINY_MODEL_NAME, save_tiny_model
+from powersampling.models.tiny import (
+    HEAD_DIM_32,
+    TINY_BUILD_MARKER,
+    TINY_MODEL_NAME,
+    save_tiny_model,
+    tiny_build_id,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +133,22 @@ def prepare_tiny_model(*, cache_dir: str | Path | None = None) -> Path:
     """
     root = Path(cache_dir) if cache_dir is not None else models_cache_dir()
     final = root / TINY_MODEL_NAME
-    if (final / "config.json").is_file():
+    build = tiny_build_id(**HEAD_DIM_32)
+
+    def current() -> bool:
+        # A copy built from another recipe (an older template, say) is rebuilt, not served.
+        marker = final / TINY_BUILD_MARKER
+        return (final / "config.json").is_file() and marker.is_file() and marker.read_text().strip() == build
+
+    if current():
         return final
     with _locked(root / f".{TINY_MODEL_NAME}.lock"):
-        if (final / "config.json").is_file():
+        if current():
             return final
         work = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_NAME}.tmp-", dir=root))
         try:
             save_tiny_model(work, **HEAD_DIM_32)
+            (work / TINY_BUILD_MARKER).write_text(build + "\n")
             if final.exists():
                 shutil.rmtree(final)
             work.rename(final)

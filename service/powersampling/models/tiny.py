@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_MODEL_NAME = "tiny-random"
+TINY_BUILD_MARKER = ".tiny-build"  # holds tiny_build_id() of the prepared copy
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 TINY_EOS = "<|im_end|>"
 # ChatML, with tools rendered the way Qwen2.5's template does (Hermes-style <tool_call> JSON); without
@@ -54,6 +55,22 @@ _CORPUS = [
     "Engines extend batches of prefixes; every token keeps its log p and log q in float32.",
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.",
 ]
+
+
+def tiny_build_id(**model_options: Any) -> str:
+    """A hash of everything the tiny model is built from: a prepared copy with another id is stale."""
+    import hashlib
+    import json
+
+    recipe = {
+        "corpus": _CORPUS,
+        "special": TINY_SPECIAL_TOKENS,
+        "eos": TINY_EOS,
+        "template": TINY_CHAT_TEMPLATE,
+        "model": model_options,
+        "builder": 1,  # bump when build_tiny_tokenizer / build_tiny_model change in other ways
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_tiny_tokenizer(vocab_size: int = 400) -> Any:
