@@ -301,10 +301,11 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
         BatchingEngine.__init__(self, max_batch_size=max_batch_size)
         self.continuous = continuous_batching
         # Admitting rows pads every running row to the new rows' fresh width in one forward pass.
-        # Past this many padded positions the new rows get a pass of their own instead: on a CPU a
-        # position costs about a sixteenth of a one-row pass (mostly reading the weights); on a GPU
-        # positions are nearly free and an extra pass is what costs.
-        self.admission_padding_limit = 16 if device.type == "cpu" else 1024
+        # Past this many padded positions the new rows get a pass of their own instead. On a CPU a
+        # position costs about a fifteenth of a one-row pass (which mostly reads the weights), so a
+        # fresh prompt joining a running batch is far cheaper alone; a few fresh tokens are not
+        # worth a pass. On a GPU positions are nearly free and an extra pass is what costs.
+        self.admission_padding_limit = 64 if device.type == "cpu" else 1024
         if prefix_cache_tokens is not None and prefix_cache_tokens < 0:
             raise InvalidArgument("prefix_cache_tokens", "must be >= 0 (0 turns prefix reuse off)")
         if prefix_block_tokens < 1:
