@@ -10,8 +10,12 @@ All runs share one process and one copy of the weights, one after the other:
   torch-all      our torch engine, all prompts in flight (up to --concurrency)
   before-1/-all  the same engine without prefix reuse and continuous batching (as it was before them),
                  for the before/after in one process
+  onepass-all    our torch engine, all in flight, admitting new rows always in the running rows'
+                 forward pass (padding them to the new rows' width), as it did before the
+                 admission padding limit
   vllm-1/-all    the vLLM engine, where vllm is importable
   plain-1/-all   plain sampling of the same number of tokens per prompt on the torch engine
+                 (`plain` runs both)
 
 For each it prints prompts/hour, proposal tokens/s and both ratios to the reference. Absolute
 figures depend on the machine and its load; quote the ratios, with the hour.
@@ -251,7 +255,8 @@ async def main() -> None:
     parser.add_argument(
         "--runs",
         default="reference,torch-1,torch-all,before-1,before-all,vllm,plain",
-        help="comma-separated subset of: reference, torch-1, torch-all, before-1, before-all, vllm, plain",
+        help="comma-separated subset of: reference, torch-1, torch-all, onepass-all, before-1, "
+        "before-all, vllm, plain (= plain-1,plain-all), plain-1, plain-all",
     )
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
@@ -259,6 +264,8 @@ async def main() -> None:
     )
     args = parser.parse_args()
     wanted = set(args.runs.split(","))
+    if "plain" in wanted:
+        wanted |= {"plain-1", "plain-all"}
 
     if args.random_weights:
         engine = load_random_engine(args.random_weights, args.tokenizer, device=args.device, dtype=args.dtype)
@@ -324,10 +331,14 @@ async def main() -> None:
         ("torch-1", engine, 1),
         ("before-1", noreuse, 1),
         ("torch-all", engine, concurrency),
+        ("onepass-all", engine, concurrency),
         ("before-all", noreuse, concurrency),
     ):
         if label not in wanted:
             continue
+        limit = engine.admission_padding_limit
+        if label == "onepass-all":
+            engine.admission_padding_limit = 1 << 62
         if eng is engine:
             engine.prefix_cache.clear()  # no head start from an earlier run's prompts
         hits0, miss0 = engine.prefix_cache.hit_tokens, engine.prefix_cache.miss_tokens
@@ -337,6 +348,7 @@ async def main() -> None:
         if eng is engine:
             hits, misses = engine.prefix_cache.hit_tokens - hits0, engine.prefix_cache.miss_tokens - miss0
             print(f"  prefix cache: {hits} prompt/prefix tokens reused, {misses} computed", flush=True)
+        engine.admission_padding_limit = limit
         print_table([run], reference)
 
     if "vllm" in wanted:
@@ -357,10 +369,12 @@ async def main() -> None:
             finally:
                 await vllm_engine.close()
 
-    if "plain" in wanted:
+    if "plain-1" in wanted or "plain-all" in wanted:
         # Plain sampling of as many tokens per prompt as power sampling spent (or the budget's worth).
         tokens = spent or [args.max_new_tokens * (1 + args.mcmc_steps)] * len(prompts)
         for conc in (1, concurrency):
+            if f"plain-{'1' if conc == 1 else 'all'}" not in wanted:
+                continue
             run = await race_plain(
                 engine, f"plain ({conc} in flight)", prompt_ids, tokens, conc, 1.0 / args.alpha
             )

@@ -153,6 +153,24 @@ def _trim_left(cache: Any, mask: torch.Tensor) -> torch.Tensor:
     return mask[:, first:]
 
 
+def _join_batches(cache: Any, mask: torch.Tensor, other: Any, other_mask: torch.Tensor) -> torch.Tensor:
+    """Append `other`'s rows to `cache`'s, left-padding the narrower; returns the joined mask."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if not missing:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for layer, extra in zip(cache.layers, other.layers, strict=True):
+        layer.keys = torch.cat([pad(layer.keys, 2), pad(extra.keys, 2)])
+        layer.values = torch.cat([pad(layer.values, 2), pad(extra.values, 2)])
+    return torch.cat([pad(mask, 1), pad(other_mask, 1)])
+
+
 @dataclass(slots=True)
 class _Row:
     """One request in the running batch."""
@@ -282,6 +300,12 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
     ) -> None:
         BatchingEngine.__init__(self, max_batch_size=max_batch_size)
         self.continuous = continuous_batching
+        # Admitting rows pads every running row to the new rows' fresh width in one forward pass.
+        # Past this many padded positions the new rows get a pass of their own instead. On a CPU a
+        # position costs about a fifteenth of a one-row pass (which mostly reads the weights), so a
+        # fresh prompt joining a running batch is far cheaper alone; a few fresh tokens are not
+        # worth a pass. On a GPU positions are nearly free and an extra pass is what costs.
+        self.admission_padding_limit = 64 if device.type == "cpu" else 1024
         if prefix_cache_tokens is not None and prefix_cache_tokens < 0:
             raise InvalidArgument("prefix_cache_tokens", "must be >= 0 (0 turns prefix reuse off)")
         if prefix_block_tokens < 1:
@@ -435,19 +459,7 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
                 alive = alive + new_rows
                 clock = self._charge("prefill_s", clock)
             else:
-                mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-                last_pos = last_pos + 1
-                self.profile.decode_steps += 1
-                self.profile.decode_rows += len(alive)
-                out = self.model(
-                    input_ids=token[:, None],
-                    attention_mask=mask,
-                    position_ids=last_pos,
-                    use_cache=True,
-                    **{self._cache_kw: cache},
-                )
-                cache = _cache_of(out)
-                logits = out.logits[:, -1, :]
+                logits, cache, mask, last_pos = self._decode_step(cache, mask, last_pos, token)
                 clock = self._charge("decode_s", clock)
 
             # One uniform per row and step from the row's own seeded stream: what shares the batch,
@@ -499,10 +511,58 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
                     mask = _trim_left(cache, mask)
             requests = admit(self.max_batch_size - len(alive))
 
+    def _decode_step(
+        self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, token: torch.Tensor
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """One token per running row: returns its logits and the grown cache, mask and positions."""
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        last_pos = last_pos + 1
+        self.profile.decode_steps += 1
+        self.profile.decode_rows += mask.shape[0]
+        out = self.model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=last_pos,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        return out.logits[:, -1, :], _cache_of(out), mask, last_pos
+
     def _admit_rows(
         self,
         running: list[_Row],
         new_rows: list[_Row],
+        cache: Any,
+        mask: torch.Tensor,
+        last_pos: torch.Tensor,
+        token: torch.Tensor,
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """The running rows' next token and the new rows' uncached prefix tokens, in one batch.
+
+        Usually one forward pass (see `_joint_pass`). In one pass every running row is padded to the
+        new rows' fresh width; when that padding would cost more than a pass of its own
+        (`admission_padding_limit` padded positions), the running rows take a plain decoding step
+        and the new rows a forward pass of their own, and the two batches are joined.
+        Returns the logits (running rows first) and the batch's cache, mask and positions.
+        """
+        block = self.prefix_cache.block_size
+        reused = [self.prefix_cache.match(r.request.prefix, len(r.request.prefix) - 1) for r in new_rows]
+        fresh = max(len(r.request.prefix) - len(b) * block for r, b in zip(new_rows, reused, strict=True))
+        if not running or len(running) * (fresh - 1) <= self.admission_padding_limit:
+            return self._joint_pass(running, new_rows, reused, cache, mask, last_pos, token)
+        run_logits, cache, mask, last_pos = self._decode_step(cache, mask, last_pos, token)
+        empty = mask[:0, :0]
+        new_logits, new_cache, new_mask, new_pos = self._joint_pass(
+            [], new_rows, reused, None, empty, last_pos[:0], token[:0]
+        )
+        mask = _join_batches(cache, mask, new_cache, new_mask)
+        return torch.cat([run_logits, new_logits]), cache, mask, torch.cat([last_pos, new_pos])
+
+    def _joint_pass(
+        self,
+        running: list[_Row],
+        new_rows: list[_Row],
+        reused: list[list[torch.Tensor]],
         cache: Any,
         mask: torch.Tensor,
         last_pos: torch.Tensor,
@@ -513,11 +573,11 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
         Layout: a past region [running rows' cache | new rows' cached blocks], each right-aligned,
         then an input region where running rows hold their one token in the last column and new rows
         their fresh prefix tokens right-aligned; gaps are masked and every token has its true
-        position. Returns the last column's logits and the compacted cache, mask and positions.
+        position. `reused` holds each new row's cached blocks. Returns the last column's logits and
+        the compacted cache, mask and positions.
         """
         device = self.device
         block = self.prefix_cache.block_size
-        reused = [self.prefix_cache.match(r.request.prefix, len(r.request.prefix) - 1) for r in new_rows]
         cached = [len(blocks) * block for blocks in reused]
         fresh = [len(r.request.prefix) - c for r, c in zip(new_rows, cached, strict=True)]
         n_run, n = len(running), len(running) + len(new_rows)
