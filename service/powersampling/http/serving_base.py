@@ -21,8 +21,8 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -62,6 +62,7 @@ from powersampling.serving.request import (
 
 logger = logging.getLogger("powersampling.http")
 Body = TypeVar("Body", bound=BaseModel)
+Fields = TypeVar("Fields", bound=SamplingFields)
 FINISH_REASONS: dict[str, FinishReason] = {"eos": "stop", "stop": "stop", "length": "length"}
 STREAMING = "streaming"  # an access record's status while its stream runs
 CLIENT_GONE = "499"  # an access record's status when the client left first (nginx's code)
@@ -93,6 +94,7 @@ class RendererBase:
     """What every body and chunk of one call carries: its id, creation time, model and fingerprint."""
 
     id_prefix = "cmpl"
+    chunk_type: ClassVar[type[BaseModel]]  # the endpoint's stream chunk
 
     def __init__(self, call: Call, *, n: int) -> None:
         self.call = call
@@ -107,9 +109,18 @@ class RendererBase:
             "system_fingerprint": info.fingerprint,
         }
 
+    def chunk(self, choices: Sequence[BaseModel], **extra: Any) -> BaseModel:
+        return self.chunk_type(**self.envelope(), choices=list(choices), **extra)
 
-class OpenAIServing:
-    """Shared by OpenAIServingChat and OpenAIServingCompletion."""
+    def usage_chunk(self, counts: Usage) -> BaseModel:
+        return self.chunk([], usage=counts)
+
+
+class OpenAIServing(Generic[Fields]):
+    """Shared by OpenAIServingChat and OpenAIServingCompletion: `create` serves one POST; an endpoint
+    says what its body is (`body_type`) and turns it into the core's request (`prepare`)."""
+
+    body_type: ClassVar[type[SamplingFields]]
 
     def __init__(self, core: ServingCore, *, max_body_bytes: int) -> None:
         self.core = core
@@ -218,18 +229,24 @@ class OpenAIServing:
             prompt_field=prompt_field,
         )
 
+    def prepare(
+        self, body: Fields, call: Call, limits: RequestLimits, identity: Identity
+    ) -> tuple[ValidRequest, Renderer]:
+        """The endpoint's request for the core from its checked body, and its renderer."""
+        raise NotImplementedError
+
     # --- Through the core -------------------------------------------------------------------------
 
-    async def handle(
-        self,
-        request: Request,
-        build: Callable[[Request, Call, RequestLimits, Identity], Awaitable[Response]],
-    ) -> Response:
-        """Identify the caller, start a call and run `build`; every outcome gets one access line."""
+    async def create(self, request: Request) -> Response:
+        """Serve one POST: identify the caller, read and check its body, run it on the core; every
+        outcome gets one access line."""
         identity = self.identify(request)
         call, limits = self.start()
         try:
-            return await build(request, call, limits, identity)
+            body = cast(Fields, await self.read_body(request, self.body_type))
+            self.check_model(body.model, call.engine)
+            valid, renderer = self.prepare(body, call, limits, identity)
+            return await self.respond(request, call, valid, body, renderer)
         except asyncio.CancelledError:
             expired = call.bounds.expired
             task = asyncio.current_task()
