@@ -23,6 +23,7 @@ from powersampling.serving.errors import (
     ResponseTooLarge,
     ServerOverloaded,
     ServiceUnavailable,
+    StreamStalled,
     Unauthenticated,
 )
 
@@ -82,6 +83,8 @@ def http_error(exc: BaseException, request_id: str = "") -> HttpError:
         return _error(503, str(exc), "service_unavailable", None, "unavailable", Retry_After="5")
     if isinstance(exc, DeadlineExceeded):
         return _error(504, str(exc), "timeout", None, "deadline_exceeded")
+    if isinstance(exc, StreamStalled):
+        return _error(408, str(exc), "timeout", None, "stream_idle_timeout")
     if isinstance(exc, Cancelled):
         return _error(499, str(exc), "cancelled", None, "cancelled")
     if isinstance(exc, EngineError):

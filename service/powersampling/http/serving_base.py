@@ -6,6 +6,11 @@ choices, only statistics in the `powersampling.progress` field; once the answer 
 choice's whole text comes in one content chunk, then a chunk with its finish_reason, then (with
 `stream_options.include_usage`) the usage chunk, then `data: [DONE]`. So text a client has seen is
 never taken back, and joining the deltas gives exactly the non-streamed answer.
+
+Bounds: every call is watched by the serving core's `CallBounds` from its start. One older than
+stream_max_age_s ends with a 504 (a stream: with an error event, see `http.streaming`); a stream
+whose client has read nothing for stream_idle_timeout_s while the server waits to send is ended,
+which stops its work and frees its slot.
 """
 
 from __future__ import annotations
@@ -13,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from powersampling.api import ReasonResult
@@ -39,7 +43,9 @@ from powersampling.http.protocol import (
     SamplingFields,
     Usage,
 )
+from powersampling.http.streaming import BoundedEventStream, sse_data
 from powersampling.params import Method, SamplingParams
+from powersampling.serving.bounds import CallBounds
 from powersampling.serving.core import AccessRecord, ServingCore
 from powersampling.serving.errors import Cancelled
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
@@ -56,8 +62,10 @@ from powersampling.serving.request import (
 
 logger = logging.getLogger("powersampling.http")
 Body = TypeVar("Body", bound=BaseModel)
+Fields = TypeVar("Fields", bound=SamplingFields)
 FINISH_REASONS: dict[str, FinishReason] = {"eos": "stop", "stop": "stop", "length": "length"}
 STREAMING = "streaming"  # an access record's status while its stream runs
+CLIENT_GONE = "499"  # an access record's status when the client left first (nginx's code)
 
 
 @dataclasses.dataclass
@@ -68,6 +76,7 @@ class Call:
     received: float
     access: AccessRecord
     engine: Engine
+    bounds: CallBounds  # stream_max_age_s from the call's start; stream_idle_timeout_s on each send
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
 
@@ -85,6 +94,7 @@ class RendererBase:
     """What every body and chunk of one call carries: its id, creation time, model and fingerprint."""
 
     id_prefix = "cmpl"
+    chunk_type: ClassVar[type[BaseModel]]  # the endpoint's stream chunk
 
     def __init__(self, call: Call, *, n: int) -> None:
         self.call = call
@@ -99,9 +109,18 @@ class RendererBase:
             "system_fingerprint": info.fingerprint,
         }
 
+    def chunk(self, choices: Sequence[BaseModel], **extra: Any) -> BaseModel:
+        return self.chunk_type(**self.envelope(), choices=list(choices), **extra)
 
-class OpenAIServing:
-    """Shared by OpenAIServingChat and OpenAIServingCompletion."""
+    def usage_chunk(self, counts: Usage) -> BaseModel:
+        return self.chunk([], usage=counts)
+
+
+class OpenAIServing(Generic[Fields]):
+    """Shared by OpenAIServingChat and OpenAIServingCompletion: `create` serves one POST; an endpoint
+    says what its body is (`body_type`) and turns it into the core's request (`prepare`)."""
+
+    body_type: ClassVar[type[SamplingFields]]
 
     def __init__(self, core: ServingCore, *, max_body_bytes: int) -> None:
         self.core = core
@@ -210,24 +229,42 @@ class OpenAIServing:
             prompt_field=prompt_field,
         )
 
+    def prepare(
+        self, body: Fields, call: Call, limits: RequestLimits, identity: Identity
+    ) -> tuple[ValidRequest, Renderer]:
+        """The endpoint's request for the core from its checked body, and its renderer."""
+        raise NotImplementedError
+
     # --- Through the core -------------------------------------------------------------------------
 
-    async def handle(
-        self,
-        request: Request,
-        build: Callable[[Request, Call, RequestLimits, Identity], Awaitable[Response]],
-    ) -> Response:
-        """Identify the caller, start a call and run `build`; every outcome gets one access line."""
+    async def create(self, request: Request) -> Response:
+        """Serve one POST: identify the caller, read and check its body, run it on the core; every
+        outcome gets one access line."""
         identity = self.identify(request)
         call, limits = self.start()
         try:
-            return await build(request, call, limits, identity)
+            body = cast(Fields, await self.read_body(request, self.body_type))
+            self.check_model(body.model, call.engine)
+            valid, renderer = self.prepare(body, call, limits, identity)
+            return await self.respond(request, call, valid, body, renderer)
+        except asyncio.CancelledError:
+            expired = call.bounds.expired
+            task = asyncio.current_task()
+            if expired is None or task is None:
+                raise  # the client went away, or the server stops
+            task.uncancel()  # the call ran past stream_max_age_s: answer with its error
+            error = http_error(expired, call.request_id)
+            call.access.status = str(error.status)
+            return error_response(error, call.request_id)
         except Exception as exc:
             error = http_error(exc, call.request_id)
             call.access.status = str(error.status)
             return error_response(error, call.request_id)
         finally:
-            if call.access.status != STREAMING:  # a stream writes its line when it ends
+            if call.access.status == STREAMING:  # the stream's own task now carries the call
+                call.bounds.follow(None)
+            else:  # a stream writes its line when it ends
+                call.bounds.close()
                 call.access.log()
 
     def start(self) -> tuple[Call, RequestLimits]:
@@ -235,7 +272,8 @@ class OpenAIServing:
         received = time.perf_counter()
         request_id = uuid.uuid4().hex
         engine, limits = self.core.ready_engine()
-        return Call(request_id, received, AccessRecord(request_id, received, "http"), engine), limits
+        access = AccessRecord(request_id, received, "http")
+        return Call(request_id, received, access, engine, CallBounds(self.core.config, request_id)), limits
 
     async def respond(
         self, request: Request, call: Call, valid: ValidRequest, body: SamplingFields, renderer: Renderer
@@ -261,9 +299,10 @@ class OpenAIServing:
             raise
         call.access.status = STREAMING
         with_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(
+        return BoundedEventStream(
             self._sse(call, first, events, renderer, with_usage),
-            media_type="text/event-stream",
+            bounds=call.bounds,
+            error_event=lambda error: sse_data(http_error(error, call.request_id).body),
             headers={**_ids(call), "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
@@ -274,18 +313,19 @@ class OpenAIServing:
         events: AsyncGenerator[CallEvent, None],
         renderer: Renderer,
         with_usage: bool,
-    ) -> AsyncIterator[str]:
-        # A client that disconnects cancels this generator's task (Starlette): aclosing then closes
-        # the core's generator at once, which cancels the sampling and its engine requests.
+    ) -> AsyncGenerator[str, None]:
+        # A client that disconnects cancels this generator's task (Starlette), and an expired call
+        # (CallBounds) cancels it or closes it: aclosing then closes the core's generator at once,
+        # which cancels the sampling and its engine requests and frees the slot.
         try:
             async with contextlib.aclosing(events):
                 event: CallEvent | None = first
                 while event is not None:
                     for chunk in renderer.chunks(event):
-                        yield _data(chunk)
+                        yield sse_data(chunk)
                     if isinstance(event, CallFinished):
                         if with_usage:
-                            yield _data(renderer.usage_chunk(usage(event)))
+                            yield sse_data(renderer.usage_chunk(usage(event)))
                         break
                     event = await anext(events, None)
             yield "data: [DONE]\n\n"
@@ -293,8 +333,13 @@ class OpenAIServing:
         except Exception as exc:
             error = http_error(exc, call.request_id)
             call.access.status = str(error.status)
-            yield _data(error.body)
+            yield sse_data(error.body)
         finally:
+            if call.access.status == STREAMING:  # ended early: by its bounds, or the client left
+                expired = call.bounds.expired
+                call.access.status = (
+                    str(http_error(expired, call.request_id).status) if expired is not None else CLIENT_GONE
+                )
             call.access.log()
 
 
@@ -400,10 +445,6 @@ async def _disconnected(request: Request) -> None:
 
 def _ids(call: Call) -> dict[str, str]:
     return {"x-request-id": call.request_id}
-
-
-def _data(model: BaseModel) -> str:
-    return f"data: {json.dumps(model.model_dump(mode='json'), separators=(',', ':'))}\n\n"
 
 
 def _too_large(limit: int) -> RequestError:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import Response
 from pydantic import BaseModel
 
 from powersampling.engines.base import ChatMessage
@@ -23,12 +21,12 @@ from powersampling.http.protocol import (
     FinishReason,
     ResponseFunctionCall,
     ResponseToolCall,
-    Usage,
 )
 from powersampling.http.serving_base import (
     FINISH_REASONS,
     Call,
     OpenAIServing,
+    Renderer,
     RendererBase,
     info_finished,
     info_progress,
@@ -37,20 +35,17 @@ from powersampling.http.serving_base import (
 )
 from powersampling.http.tool_parser import parse_tool_calls
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
-from powersampling.serving.request import Identity, RequestLimits, check_chars
+from powersampling.serving.request import Identity, RequestLimits, ValidRequest, check_chars
 
 
-class OpenAIServingChat(OpenAIServing):
+class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
     """Chat completions: the messages go through the model's chat template (with the tools, if any)."""
 
-    async def create(self, request: Request) -> Response:
-        return await self.handle(request, self._create)
+    body_type = ChatCompletionRequest
 
-    async def _create(
-        self, request: Request, call: Call, limits: RequestLimits, identity: Identity
-    ) -> Response:
-        body = await self.read_body(request, ChatCompletionRequest)
-        self.check_model(body.model, call.engine)
+    def prepare(
+        self, body: ChatCompletionRequest, call: Call, limits: RequestLimits, identity: Identity
+    ) -> tuple[ValidRequest, Renderer]:
         max_tokens = ("max_tokens", body.max_tokens)
         if body.max_completion_tokens is not None:
             if body.max_tokens is not None and body.max_tokens != body.max_completion_tokens:
@@ -72,8 +67,7 @@ class OpenAIServingChat(OpenAIServing):
             tools=tools,
         )
         tool_names = {t.function.name for t in body.tools or ()} if body.tool_choice != "none" else set()
-        renderer = _ChatRenderer(call, tool_names, n=params.n)
-        return await self.respond(request, call, valid, body, renderer)
+        return valid, _ChatRenderer(call, tool_names, n=params.n)
 
 
 def chat_messages(params: list[ChatMessageParam]) -> list[ChatMessage]:
@@ -122,6 +116,7 @@ class _ChatRenderer(RendererBase):
     """The core's events as chat completion bodies and chunks."""
 
     id_prefix = "chatcmpl"
+    chunk_type = ChatCompletionChunk
 
     def __init__(self, call: Call, tool_names: set[str], *, n: int) -> None:
         super().__init__(call, n=n)
@@ -152,22 +147,15 @@ class _ChatRenderer(RendererBase):
             powersampling=info_finished(finished),
         )
 
-    def _chunk(self, choices: list[ChatChunkChoice], **extra: Any) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            **self.envelope(),
-            choices=choices,
-            **extra,
-        )
-
     def chunks(self, event: CallEvent) -> list[BaseModel]:
         if isinstance(event, CallStarted):
             opening = [
                 ChatChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))
                 for i in range(self.n)
             ]
-            return [self._chunk(opening, powersampling=info_started(event))]
+            return [self.chunk(opening, powersampling=info_started(event))]
         if isinstance(event, CallProgress):  # statistics only: the text may still be revised
-            return [self._chunk([], powersampling=info_progress(self.call.request_id, event))]
+            return [self.chunk([], powersampling=info_progress(self.call.request_id, event))]
         assert isinstance(event, CallFinished)
         out: list[BaseModel] = []
         reasons: list[FinishReason] = []
@@ -181,12 +169,12 @@ class _ChatRenderer(RendererBase):
                     for j, c in enumerate(message.tool_calls)
                 ]
             out.append(
-                self._chunk(
+                self.chunk(
                     [ChatChunkChoice(index=i, delta=ChunkDelta(content=message.content, tool_calls=calls))]
                 )
             )
         out.append(
-            self._chunk(
+            self.chunk(
                 [
                     ChatChunkChoice(index=i, delta=ChunkDelta(), finish_reason=r)
                     for i, r in enumerate(reasons)
@@ -195,9 +183,6 @@ class _ChatRenderer(RendererBase):
             )
         )
         return out
-
-    def usage_chunk(self, counts: Usage) -> ChatCompletionChunk:
-        return self._chunk([], usage=counts)
 
 
 __all__ = ["OpenAIServingChat", "chat_messages"]

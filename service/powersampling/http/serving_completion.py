@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import Request
-from fastapi.responses import Response
 from pydantic import BaseModel
 
 from powersampling.engines.base import Prompt
@@ -16,12 +12,12 @@ from powersampling.http.protocol import (
     CompletionChunkChoice,
     CompletionRequest,
     CompletionResponse,
-    Usage,
 )
 from powersampling.http.serving_base import (
     FINISH_REASONS,
     Call,
     OpenAIServing,
+    Renderer,
     RendererBase,
     info_finished,
     info_progress,
@@ -29,20 +25,17 @@ from powersampling.http.serving_base import (
     usage,
 )
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
-from powersampling.serving.request import Identity, RequestLimits, check_chars
+from powersampling.serving.request import Identity, RequestLimits, ValidRequest, check_chars
 
 
-class OpenAIServingCompletion(OpenAIServing):
+class OpenAIServingCompletion(OpenAIServing[CompletionRequest]):
     """Completions: the prompt is sent as it is (no chat template), as OpenAI's legacy endpoint does."""
 
-    async def create(self, request: Request) -> Response:
-        return await self.handle(request, self._create)
+    body_type = CompletionRequest
 
-    async def _create(
-        self, request: Request, call: Call, limits: RequestLimits, identity: Identity
-    ) -> Response:
-        body = await self.read_body(request, CompletionRequest)
-        self.check_model(body.model, call.engine)
+    def prepare(
+        self, body: CompletionRequest, call: Call, limits: RequestLimits, identity: Identity
+    ) -> tuple[ValidRequest, Renderer]:
         params = self.sampling_params(body, ("max_tokens", body.max_tokens), self.core.defaults)
         prompt: Prompt
         if isinstance(body.prompt, str):
@@ -69,12 +62,13 @@ class OpenAIServingCompletion(OpenAIServing):
             identity=identity,
             max_tokens_field="max_tokens",
         )
-        renderer = _CompletionRenderer(call, n=params.n)
-        return await self.respond(request, call, valid, body, renderer)
+        return valid, _CompletionRenderer(call, n=params.n)
 
 
 class _CompletionRenderer(RendererBase):
     """The core's events as completion bodies and chunks."""
+
+    chunk_type = CompletionChunk
 
     def response(self, finished: CallFinished) -> CompletionResponse:
         return CompletionResponse(
@@ -89,24 +83,17 @@ class _CompletionRenderer(RendererBase):
             powersampling=info_finished(finished),
         )
 
-    def _chunk(self, choices: list[CompletionChunkChoice], **extra: Any) -> CompletionChunk:
-        return CompletionChunk(
-            **self.envelope(),
-            choices=choices,
-            **extra,
-        )
-
     def chunks(self, event: CallEvent) -> list[BaseModel]:
         if isinstance(event, CallStarted):
-            return [self._chunk([], powersampling=info_started(event))]
+            return [self.chunk([], powersampling=info_started(event))]
         if isinstance(event, CallProgress):  # statistics only: the text may still be revised
-            return [self._chunk([], powersampling=info_progress(self.call.request_id, event))]
+            return [self.chunk([], powersampling=info_progress(self.call.request_id, event))]
         assert isinstance(event, CallFinished)
         out: list[BaseModel] = [
-            self._chunk([CompletionChunkChoice(index=i, text=r.text)]) for i, r in enumerate(event.results)
+            self.chunk([CompletionChunkChoice(index=i, text=r.text)]) for i, r in enumerate(event.results)
         ]
         out.append(
-            self._chunk(
+            self.chunk(
                 [
                     CompletionChunkChoice(
                         index=i, text="", finish_reason=FINISH_REASONS.get(r.finish_reason, "stop")
@@ -117,9 +104,6 @@ class _CompletionRenderer(RendererBase):
             )
         )
         return out
-
-    def usage_chunk(self, counts: Usage) -> CompletionChunk:
-        return self._chunk([], usage=counts)
 
 
 __all__ = ["OpenAIServingCompletion"]

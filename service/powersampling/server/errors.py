@@ -20,6 +20,7 @@ from powersampling.serving.errors import (
     ResponseTooLarge,
     ServerOverloaded,
     ServiceUnavailable,
+    StreamStalled,
     Unauthenticated,
 )
 
@@ -33,7 +34,7 @@ def status_for(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCod
         exc = exc.exceptions[0]
     if isinstance(exc, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ServerOverloaded | EngineOverloaded | ResponseTooLarge):
+    if isinstance(exc, ServerOverloaded | EngineOverloaded | ResponseTooLarge | StreamStalled):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, ServiceUnavailable):
         return grpc.StatusCode.UNAVAILABLE, str(exc)

@@ -5,9 +5,10 @@ event into a ReasonEvent; every error becomes a status in one place (`status_for
 
 A client that stops reading blocks the stream's writes once gRPC's flow-control window is full; a
 stream blocked that way for `stream_idle_timeout_s` (or older than `stream_max_age_s`) is ended by
-`_StreamGuard`: its status is queued for the client and the call's task is cancelled, which stops
-the sampling and frees the slot at once, whether or not the client ever reads again. Messages are
-written with `context.write` for that reason (see Reason).
+the serving core's `CallBounds`: its status is queued for the client (RESOURCE_EXHAUSTED, or
+DEADLINE_EXCEEDED) and the call's task is cancelled, which stops the sampling and frees the slot at
+once, whether or not the client ever reads again. Messages are written with `context.write` for
+that reason (see Reason).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling.cache.base import ChainCache
 from powersampling.config import ServerConfig
 from powersampling.engines.base import Engine
-from powersampling.errors import InvalidArgument
+from powersampling.errors import InvalidArgument, PowerSamplingError
 from powersampling.events import BlockFinished
 from powersampling.server.auth import Authenticator
 from powersampling.server.errors import ResponseTooLarge, abort_with_status, status_for
@@ -38,6 +39,7 @@ from powersampling.server.messages import (
     started_event,
 )
 from powersampling.server.validation import MalformedRequest, validate_reason_request
+from powersampling.serving.bounds import CallBounds
 from powersampling.serving.core import MAX_PENDING_EVENTS, AccessRecord, ServingCore
 from powersampling.serving.core import EventBuffer as _EventBuffer
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
@@ -89,7 +91,7 @@ class ReasoningServicer:
         received = time.perf_counter()
         request_id = uuid.uuid4().hex
         access = AccessRecord(request_id, received, "grpc")
-        guard = _StreamGuard(self.config, context, request_id)
+        guard = CallBounds(self.config, request_id, on_expired=lambda error: _queue_status(context, error))
         core = self.core
         try:
             engine, limits = core.ready_engine()
@@ -126,7 +128,7 @@ class ReasoningServicer:
         finally:
             guard.close()
             if guard.expired is not None:
-                access.status = guard.expired.name
+                access.status = status_for(guard.expired)[0].name
             access.log()
         if False:  # pragma: no cover
             yield  # a streaming handler is an async generator (the telemetry interceptor iterates it)
@@ -167,68 +169,22 @@ def _message(event: CallEvent, engine: Engine) -> pb.ReasonEvent:
     )
 
 
-class _StreamGuard:
-    """Ends a stream whose client stopped reading (or that ran too long), freeing its slot.
+# The statuses queued for clients that stopped reading, until each goes out (or its connection does).
+_QUEUED_STATUSES: set[asyncio.Task[None]] = set()
 
-    `sending()` wraps each write: a write still blocked after `stream_idle_timeout_s` means the
-    client has read nothing for that long (gRPC's flow-control window is full). The guard then
-    queues the status for the client in its own task (it goes out after the unread data) and
-    cancels the call's task, which closes the Reason generator: the sampling is cancelled and the
-    slot released now, not when (if ever) the client reads again.
-    """
 
-    def __init__(self, config: ServerConfig, context: grpc.aio.ServicerContext, request_id: str) -> None:
-        self._config = config
-        self._context = context
-        self._request_id = request_id
-        self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        self._idle: asyncio.TimerHandle | None = None
-        self._age: asyncio.TimerHandle | None = None
-        self._abort: asyncio.Task[None] | None = None
-        self.expired: grpc.StatusCode | None = None
-        if config.stream_max_age_s is not None:
-            self._age = self._loop.call_later(
-                config.stream_max_age_s,
-                self._expire,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"stream: the call ran longer than the server's stream_max_age_s of "
-                f"{config.stream_max_age_s:g} s (request {request_id})",
-            )
+def _queue_status(context: grpc.aio.ServicerContext, error: PowerSamplingError) -> None:
+    """Send the status of `error` in a task of its own: it goes out after the data the client has
+    not read, whenever it reads (or not at all, if its connection goes first)."""
+    code, message = status_for(error)
 
-    @contextlib.contextmanager
-    def sending(self) -> Any:
-        timeout = self._config.stream_idle_timeout_s
-        self._idle = self._loop.call_later(
-            timeout,
-            self._expire,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"stream: the client read nothing for {timeout:g} s (the server's stream_idle_timeout_s); "
-            f"the call was ended to free its slot (request {self._request_id})",
-        )
-        try:
-            yield
-        finally:
-            self._idle.cancel()
-            self._idle = None
-
-    def _expire(self, code: grpc.StatusCode, message: str) -> None:
-        if self.expired is not None or self._task is None or self._task.done():
-            return
-        self.expired = code
-        logger.warning("%s", message)
-        self._abort = self._loop.create_task(self._send_status(code, message))
-        self._task.cancel()
-
-    async def _send_status(self, code: grpc.StatusCode, message: str) -> None:
-        # Completes when the client reads past its unread data, or when the connection goes.
+    async def send() -> None:
         with contextlib.suppress(Exception):
-            await self._context.abort(code, message)
+            await context.abort(code, message)
 
-    def close(self) -> None:
-        for handle in (self._idle, self._age):
-            if handle is not None:
-                handle.cancel()
+    task = asyncio.get_running_loop().create_task(send())
+    _QUEUED_STATUSES.add(task)
+    task.add_done_callback(_QUEUED_STATUSES.discard)
 
 
 __all__ = ["MAX_PENDING_EVENTS", "ReasoningServicer", "_EventBuffer"]

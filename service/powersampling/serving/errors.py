@@ -43,6 +43,11 @@ class DeadlineExceeded(PowerSamplingError):
     """The call ran past its deadline (the client's, or the server's stream_max_age_s)."""
 
 
+class StreamStalled(PowerSamplingError):
+    """The client read nothing for stream_idle_timeout_s while the server waited to send; the call
+    was ended to free its slot."""
+
+
 class Cancelled(PowerSamplingError):
     """The client went away; the work was stopped."""
 
@@ -54,5 +59,6 @@ __all__ = [
     "ResponseTooLarge",
     "ServerOverloaded",
     "ServiceUnavailable",
+    "StreamStalled",
     "Unauthenticated",
 ]
