@@ -8,7 +8,7 @@ import grpc
 import pytest
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.server.admission import AdmissionControl
-from powersampling.server.errors import ServerOverloaded
+from powersampling.serving.errors import ServerOverloaded
 
 from tests.server.support import RecordingTelemetry, StartServer, collect, small_request, toy_engine
 

@@ -12,7 +12,8 @@ from powersampling._proto.v1 import reasoning_pb2 as pb
 from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.engines.toy import ToyEngine
 from powersampling.errors import EngineError, EngineOverloaded, InvalidArgument
-from powersampling.server.errors import PermissionDenied, ServerOverloaded, ServiceUnavailable, status_for
+from powersampling.server.errors import status_for
+from powersampling.serving.errors import PermissionDenied, ServerOverloaded, ServiceUnavailable
 
 from tests.server.support import TOKENS, RecordingTelemetry, StartServer, collect, rpc_error, small_request
 

@@ -11,13 +11,13 @@ from powersampling._proto.v1 import reasoning_pb2_grpc as pb_grpc
 from powersampling.errors import InvalidArgument
 from powersampling.params import Method, SamplingParams
 from powersampling.results import CachePolicy
-from powersampling.server.errors import PermissionDenied
 from powersampling.server.validation import (
     MalformedRequest,
     RequestLimits,
     decode_reason_request,
     validate_reason_request,
 )
+from powersampling.serving.errors import PermissionDenied
 
 from tests.server.support import REASON_METHOD, StartServer, collect, small_request
 

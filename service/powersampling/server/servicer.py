@@ -30,7 +30,7 @@ from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument, PowerSamplingError
 from powersampling.events import BlockFinished
 from powersampling.server.auth import Authenticator
-from powersampling.server.errors import ResponseTooLarge, abort_with_status, status_for
+from powersampling.server.errors import abort_with_status, status_for
 from powersampling.server.messages import (
     final_event,
     progress_event,
@@ -42,6 +42,7 @@ from powersampling.server.validation import MalformedRequest, validate_reason_re
 from powersampling.serving.bounds import CallBounds
 from powersampling.serving.core import MAX_PENDING_EVENTS, AccessRecord, ServingCore
 from powersampling.serving.core import EventBuffer as _EventBuffer
+from powersampling.serving.errors import ResponseTooLarge
 from powersampling.serving.events import CallEvent, CallFinished, CallProgress, CallStarted
 from powersampling.telemetry.base import Telemetry
 
