@@ -103,6 +103,12 @@ class Sampler(abc.ABC):
         text = self.engine.detokenize(token_ids)
         return self._stops.trim_text(text) if self._stops is not None else text
 
+    @property
+    @abc.abstractmethod
+    def progress_slots(self) -> int:
+        """How many progress steps a chain runs through: MH's blocks, SMC's chunks over all sweeps
+        (ChainStarted's count and the positions `resume_position` returns)."""
+
     @abc.abstractmethod
     async def run(self, resume: Mapping[int, Checkpoint] | None = None) -> Sequence[Checkpoint]:
         """Run the request's chains (from their checkpoints in `resume`, if any) to their ends."""

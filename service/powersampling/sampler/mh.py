@@ -124,6 +124,10 @@ class PowerSampler(Sampler):
     def _plan(self, params: SamplingParams) -> BudgetPlan:
         return BudgetPlan.from_params(params)
 
+    @property
+    def progress_slots(self) -> int:
+        return self.plan.num_blocks
+
     async def run(self, resume: Mapping[int, ChainState] | None = None) -> list[ChainState]:  # type: ignore[override]
         """Run the request's n chains concurrently (their proposals meet in the engine's batches)."""
         assert self.params.seed is not None
@@ -149,7 +153,7 @@ class PowerSampler(Sampler):
     async def run_chain(self, start: ChainState) -> ChainState:
         """Advance one chain from `start` (fresh or a checkpoint) to its end."""
         chain = _Chain.from_state(start)
-        self._emit(ChainStarted(chain.index, chain.seed, self.plan.num_blocks, chain.blocks_done))
+        self._emit(ChainStarted(chain.index, chain.seed, self.progress_slots, chain.blocks_done))
         for k in range(chain.blocks_done, self.plan.num_blocks):
             if chain.finish_reason is not None:
                 break

@@ -168,6 +168,10 @@ class SmcSampler(Sampler):
     def _plan(self, params: SamplingParams) -> SmcPlan:
         return SmcPlan.from_params(params)
 
+    @property
+    def progress_slots(self) -> int:
+        return self.plan.sweeps * self.plan.chunks_per_sweep
+
     # -- the interface
 
     def fresh_state(self, chain_index: int) -> SmcState:
@@ -268,12 +272,11 @@ class SmcSampler(Sampler):
         """Advance one chain from `start` (fresh or a checkpoint) to its end."""
         chain = _Chain.from_state(start)
         plan = self.plan
-        slots = plan.sweeps * plan.chunks_per_sweep
         self._emit(
             ChainStarted(
                 chain.chain_index,
                 chain.seed,
-                slots,
+                self.progress_slots,
                 chain.sweep_index * plan.chunks_per_sweep + chain.chunks_done,
             )
         )

@@ -71,13 +71,6 @@ def smc_chunks_per_sweep(params: SamplingParams) -> int:
     return SmcPlan.from_params(params).chunks_per_sweep
 
 
-def num_blocks(params: SamplingParams, power_blocks: int) -> int:
-    """Started.num_blocks: power's blocks (`power_blocks`), or smc's chunk slots over all sweeps."""
-    if params.method is Method.SMC:
-        return params.effective_sweeps * smc_chunks_per_sweep(params)
-    return power_blocks
-
-
 def started_event(
     *,
     request_id: str,
@@ -279,7 +272,6 @@ __all__ = [
     "METHOD_VALUES",
     "answer_message",
     "final_event",
-    "num_blocks",
     "params_message",
     "progress_event",
     "service_description",

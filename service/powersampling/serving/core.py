@@ -32,7 +32,6 @@ from powersampling.engines.base import Engine
 from powersampling.errors import InvalidArgument
 from powersampling.events import BlockFinished, SamplerEvent, SmcChunkFinished
 from powersampling.sampler import make_sampler
-from powersampling.sampler.smc import SmcPlan
 from powersampling.serving.admission import AdmissionControl
 from powersampling.serving.errors import ServiceUnavailable, Unauthenticated
 from powersampling.serving.events import (
@@ -215,7 +214,7 @@ class _ReasonRun:
         # The request's sampler, for its plan and its answer text (the run builds its own; the plan
         # and the text do not depend on the seed, which an unseeded request draws later).
         self.sampler = make_sampler(engine, prompt_ids, self.params.with_seed(0))
-        self.num_blocks = _planned_blocks(self.sampler.plan)
+        self.num_blocks = self.sampler.progress_slots
         self.shown_text: dict[int, str] = {}  # SMC: the text last sent for each chain
         self.buffer: EventBuffer[CallStarted] = EventBuffer(MAX_PENDING_EVENTS)
         self.cache_status: CacheStatus | None = None
@@ -371,14 +370,6 @@ class EventBuffer(Generic[T]):
                 return
             self._wakeup.clear()
             await self._wakeup.wait()
-
-
-def _planned_blocks(plan: object) -> int:
-    """The call's progress slots, from the sampler's own plan: MH's blocks, or SMC's chunks over
-    all sweeps."""
-    if isinstance(plan, SmcPlan):
-        return plan.sweeps * plan.chunks_per_sweep
-    return int(plan.num_blocks)  # type: ignore[attr-defined]
 
 
 def _observe(hook: Callable[..., Any], *args: Any) -> None:
