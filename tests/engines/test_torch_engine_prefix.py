@@ -175,7 +175,9 @@ def test_cache_stays_under_its_bound_and_evicts(tiny_model: Any, tiny_tokenizer:
         assert len(cache) <= 10 and cache.bytes_used <= 10 * block_bytes
         assert_exact(engine.model, prefix, list(out.token_ids), list(out.logp), list(out.logq), 1.0)
     assert cache.evicted_blocks > 0
-    assert cache.bytes_used == len(cache) * block_bytes
+    # Whole blocks and shorter tails: never more than whole blocks' worth, always whole tokens' worth.
+    assert 0 < cache.bytes_used <= len(cache) * block_bytes
+    assert cache.bytes_used % (block_bytes // BLOCK) == 0
     assert int(engine.info.extra["prefix_cache_evicted_blocks"]) == cache.evicted_blocks
     # The most recent sequence is still served from the cache.
     hits = cache.hit_tokens
@@ -191,29 +193,80 @@ def test_cache_stays_under_its_bound_and_evicts(tiny_model: Any, tiny_tokenizer:
     )
 
 
+def fake_blocks(tokens: list[int], block: int = 2) -> Any:
+    """block_kv for a cache test: block i is a [tokens, 1] tensor holding each token's id."""
+    return lambda first, count: [
+        torch.tensor(tokens[i * block : (i + 1) * block], dtype=torch.float32)[:, None]
+        for i in range(first, first + count)
+    ]
+
+
+def ids_of(kvs: list[torch.Tensor]) -> list[list[int]]:
+    return [[int(v) for v in kv[:, 0]] for kv in kvs]
+
+
 def test_lru_evicts_the_oldest_leaf_never_an_inner_block() -> None:
     cache = PrefixKVCache(capacity_tokens=5 * 2, block_size=2)
-
-    def blocks_of(tokens: list[int]) -> Any:
-        return lambda first, count: [
-            torch.full((3,), float(tokens[2 * i])) for i in range(first, first + count)
-        ]
-
     a = [1, 2, 3, 4, 5, 6]  # three blocks
-    assert cache.insert(a, blocks_of(a)) == 3
+    assert cache.insert(a, fake_blocks(a)) == 3
     b = [9, 9, 8, 8]
-    assert cache.insert(b, blocks_of(b)) == 2  # five blocks: the capacity
-    assert len(cache) == 5 and cache.evicted_blocks == 0 and cache.bytes_used == 5 * 3 * 4
-    assert cache.insert([1, 2, 7, 7], blocks_of([1, 2, 7, 7])) == 1  # shares a's first block
+    assert cache.insert(b, fake_blocks(b)) == 2  # five blocks: the capacity
+    assert len(cache) == 5 and cache.evicted_blocks == 0 and cache.bytes_used == 5 * 2 * 4
+    assert cache.insert([1, 2, 7, 7], fake_blocks([1, 2, 7, 7])) == 1  # shares a's first block
     assert len(cache) == 5 and cache.evicted_blocks == 1
     # a's third block went (the least recent leaf); its first two stay, the shared one is inner.
-    assert [float(t[0]) for t in cache.match(a, 6)] == [1.0, 3.0]
-    assert [float(t[0]) for t in cache.match([1, 2, 7, 7], 4)] == [1.0, 7.0]
-    # match never returns more than max_tokens' whole blocks.
-    assert len(cache.match(a, 3)) == 1
-    assert len(cache.match([9, 9, 8, 8], 4)) == 2
+    assert ids_of(cache.match(a, 6)) == [[1, 2], [3, 4]]
+    assert ids_of(cache.match([1, 2, 7, 7], 4)) == [[1, 2], [7, 7]]
+    # match never returns more than max_tokens' tokens: here a whole block and one token of the next.
+    assert ids_of(cache.match(a, 3)) == [[1, 2], [3]]
+    assert ids_of(cache.match([9, 9, 8, 8], 4)) == [[9, 9], [8, 8]]
     off = PrefixKVCache(0, 4)
-    assert not off.enabled and off.insert(a, blocks_of(a)) == 0 and off.match(a, 6) == []
+    assert not off.enabled and off.insert(a, fake_blocks(a)) == 0 and off.match(a, 6) == []
+
+
+def test_lookups_end_inside_blocks_and_tails_are_kept() -> None:
+    cache = PrefixKVCache(capacity_tokens=100, block_size=4)
+    seq = [1, 2, 3, 4, 5, 6, 7]  # one whole block and a 3-token tail
+    assert cache.insert(seq, fake_blocks(seq, 4)) == 2
+    assert ids_of(cache.match(seq, 7)) == [[1, 2, 3, 4], [5, 6, 7]]
+    # A request that leaves the cached sequence inside a block reuses every token up to there.
+    assert ids_of(cache.match([1, 2, 3, 4, 5, 9, 9], 6)) == [[1, 2, 3, 4], [5]]
+    assert ids_of(cache.match([1, 2, 9], 2)) == [[1, 2]]
+    assert cache.match([8, 2, 3], 2) == []
+    hits, misses = cache.hit_tokens, cache.miss_tokens
+    cache.match([1, 2, 3, 4, 5, 6, 0, 0], 7)
+    assert (cache.hit_tokens - hits, cache.miss_tokens - misses) == (6, 2)
+    # A longer sequence stores its whole blocks beside the tail; lookups take the longest match.
+    longer = [1, 2, 3, 4, 5, 6, 8, 8, 2]
+    assert cache.insert(longer, fake_blocks(longer, 4)) == 2
+    assert ids_of(cache.match(longer, 9)) == [[1, 2, 3, 4], [5, 6, 8, 8], [2]]
+    assert ids_of(cache.match(seq, 7)) == [[1, 2, 3, 4], [5, 6, 7]]
+    # A tail that a cached block already starts with is not stored again.
+    assert cache.insert([1, 2, 3, 4, 5, 6], fake_blocks([1, 2, 3, 4, 5, 6], 4)) == 0
+    assert cache.insert([1, 2, 3, 4, 5, 6, 8, 8], fake_blocks([1, 2, 3, 4, 5, 6, 8, 8], 4)) == 0
+
+
+def test_a_proposal_from_inside_a_cached_sequence_computes_one_token(
+    reuse_engine: TorchEngine,
+) -> None:
+    """After a sequence is generated, a proposal from any position m recomputes only its last prefix
+    token (whose logits draw the first new token), and stays exact."""
+    cache = reuse_engine.prefix_cache
+    prompt = tuple(reuse_engine.tokenize(TEXTS[1]))
+    (first,) = reuse_engine.extend_batch([ExtendRequest(prompt, 13, 0.5, seed=3)])
+    x = list(first.token_ids)
+    for m in (1, 2, 5, 6, 9, 12):
+        misses = cache.miss_tokens
+        (ext,) = reuse_engine.extend_batch([ExtendRequest(prompt + tuple(x[:m]), 4, 0.5, seed=m)])
+        assert cache.miss_tokens - misses == 1, m
+        assert_exact(
+            reuse_engine.model,
+            prompt + tuple(x[:m]),
+            list(ext.token_ids),
+            list(ext.logp),
+            list(ext.logq),
+            0.5,
+        )
 
 
 async def test_sampler_draws_the_same_chains_with_and_without_reuse(

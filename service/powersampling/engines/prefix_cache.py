@@ -6,9 +6,12 @@ it, so what one request computed serves every later request that starts with the
 
 The cache is a trie of fixed-size blocks of tokens (like vLLM's automatic prefix caching): a node
 holds the keys and values of its block's tokens and is reached by the exact token ids of every block
-before it, so a lookup is exact (no hashing collisions) and finds the longest cached prefix in whole
-blocks. The bound is a number of blocks; the least recently used block without children is evicted
-first, so a cached prefix never loses an inner block while a longer one stays.
+before it, so a lookup is exact (no hashing collisions). A stored sequence's last, shorter block is
+kept too (a leaf), and a lookup may end inside a block: after the whole blocks it takes the first
+tokens of whichever child block shares the most leading tokens with the rest of the request. So a
+proposal from the middle of a cached sequence recomputes only its last prefix token, not up to a
+block's worth. The bound is a number of blocks; the least recently used block without children is
+evicted first, so a cached prefix never loses an inner block while a longer one stays.
 """
 
 from __future__ import annotations
@@ -46,17 +49,19 @@ class PrefixCacheStats:
 class PrefixKVCache:
     """Keys and values of token blocks, at most `capacity_tokens` tokens (rounded down to blocks).
 
-    A block's tensor is whatever the engine stores for `block_size` tokens (the torch engine stores
-    [layers, 2, kv_heads, block_size, head_dim]); the cache only keeps and evicts them.
+    A block's tensor is whatever the engine stores for its tokens, with the tokens along `token_axis`
+    (the torch engine stores [layers, 2, kv_heads, tokens, head_dim]: axis -2); the cache keeps,
+    evicts and, for a lookup that ends inside a block, narrows them along that axis.
     `capacity_tokens` 0 disables the cache: lookups miss, nothing is stored.
     """
 
-    def __init__(self, capacity_tokens: int, block_size: int = 16) -> None:
+    def __init__(self, capacity_tokens: int, block_size: int = 16, token_axis: int = -2) -> None:
         if capacity_tokens < 0:
             raise ValueError("capacity_tokens must be >= 0")
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
         self.block_size = block_size
+        self.token_axis = token_axis
         self.capacity_blocks = capacity_tokens // block_size
         self._root = _Node((), None, None)
         # Least recently used first. Paths are touched leaf first, so an ancestor is never older than
@@ -90,8 +95,13 @@ class PrefixKVCache:
         )
 
     def _blocks(self, tokens: Sequence[int], count: int) -> list[tuple[int, ...]]:
+        """The keys of the first `count` blocks of `tokens` (the last one shorter where tokens end)."""
         bs = self.block_size
         return [tuple(tokens[i * bs : (i + 1) * bs]) for i in range(count)]
+
+    def block_tokens(self, kv: torch.Tensor) -> int:
+        """How many tokens a stored or matched block holds."""
+        return int(kv.shape[self.token_axis])
 
     def _touch(self, path: list[_Node]) -> None:
         for node in reversed(path):
@@ -103,29 +113,46 @@ class PrefixKVCache:
         Counts the matched tokens as hits and the rest of `tokens` (what the caller computes) as misses.
         """
         path: list[_Node] = []
+        kvs: list[torch.Tensor] = []
+        limit = max(0, min(max_tokens, len(tokens)))
         if self.enabled:
             node = self._root
-            for key in self._blocks(tokens, max(0, min(max_tokens, len(tokens))) // self.block_size):
+            for key in self._blocks(tokens, limit // self.block_size):
                 child = node.children.get(key)
                 if child is None:
                     break
                 path.append(child)
+                kvs.append(child.kv)  # type: ignore[arg-type]
                 node = child
+            # The rest may start the way one of the next blocks (whole or a stored tail) starts.
+            done = len(path) * self.block_size
+            rest = tuple(tokens[done : done + min(self.block_size, limit - done)])
+            best, shared = None, 0
+            for key, child in node.children.items() if rest else ():
+                n = _shared_length(key, rest)
+                if n > shared:
+                    best, shared = child, n
+            if best is not None:
+                path.append(best)
+                assert best.kv is not None
+                kvs.append(best.kv if shared == len(best.key) else best.kv.narrow(self.token_axis, 0, shared))
             self._touch(path)
-        matched = len(path) * self.block_size
+        matched = sum(self.block_tokens(kv) for kv in kvs)
         self.hit_tokens += matched
         self.miss_tokens += len(tokens) - matched
-        return [n.kv for n in path]  # type: ignore[misc]
+        return kvs
 
     def insert(self, tokens: Sequence[int], block_kv: Callable[[int, int], list[torch.Tensor]]) -> int:
-        """Store the whole blocks of `tokens` that are not cached yet; returns how many were stored.
+        """Store the blocks of `tokens` that are not cached yet; returns how many were stored.
 
-        `block_kv(first, count)` returns the tensors of blocks first .. first+count-1 of `tokens`
-        (called once, for the missing tail only, so the caller copies nothing that is cached).
+        Blocks are `block_size` tokens, the last one shorter where `tokens` ends inside a block (such a
+        tail is a leaf: nothing is ever stored below it). `block_kv(first, count)` returns the tensors
+        of blocks first .. first+count-1 of `tokens` split that way (called once, for the missing
+        blocks only, so the caller copies nothing that is cached).
         """
         if not self.enabled:
             return 0
-        keys = self._blocks(tokens, len(tokens) // self.block_size)
+        keys = self._blocks(tokens, -(-len(tokens) // self.block_size))
         path: list[_Node] = []
         node = self._root
         for key in keys:
@@ -135,6 +162,11 @@ class PrefixKVCache:
             path.append(child)
             node = child
         first = len(path)
+        if first == len(keys) - 1 and len(keys[-1]) < self.block_size:
+            # A tail that a cached block already starts with adds nothing.
+            tail = keys[-1]
+            if any(_shared_length(key, tail) == len(tail) for key in node.children):
+                first = len(keys)
         if first == len(keys):
             self._touch(path)
             return 0
@@ -176,6 +208,16 @@ class PrefixKVCache:
         self._root = _Node((), None, None)
         self._lru.clear()
         self._bytes = 0
+
+
+def _shared_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 __all__ = ["PrefixCacheStats", "PrefixKVCache"]

@@ -545,9 +545,10 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
         and the new rows a forward pass of their own, and the two batches are joined.
         Returns the logits (running rows first) and the batch's cache, mask and positions.
         """
-        block = self.prefix_cache.block_size
         reused = [self.prefix_cache.match(r.request.prefix, len(r.request.prefix) - 1) for r in new_rows]
-        fresh = max(len(r.request.prefix) - len(b) * block for r, b in zip(new_rows, reused, strict=True))
+        fresh = max(
+            len(r.request.prefix) - self._cached_tokens(b) for r, b in zip(new_rows, reused, strict=True)
+        )
         if not running or len(running) * (fresh - 1) <= self.admission_padding_limit:
             return self._joint_pass(running, new_rows, reused, cache, mask, last_pos, token)
         run_logits, cache, mask, last_pos = self._decode_step(cache, mask, last_pos, token)
@@ -577,8 +578,7 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
         the compacted cache, mask and positions.
         """
         device = self.device
-        block = self.prefix_cache.block_size
-        cached = [len(blocks) * block for blocks in reused]
+        cached = [self._cached_tokens(blocks) for blocks in reused]
         fresh = [len(r.request.prefix) - c for r, c in zip(new_rows, cached, strict=True)]
         n_run, n = len(running), len(running) + len(new_rows)
         run_width = mask.shape[1] if running else 0
@@ -622,7 +622,6 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
     def _assemble_past(self, running: Any, reused: list[list[torch.Tensor]], past_width: int) -> Any:
         """A model cache of `past_width` slots: the running rows' cache, then every new row's blocks."""
         layers, _, kv_heads, head_dim = self._kv_shape
-        block = self.prefix_cache.block_size
         n_run = running.layers[0].keys.shape[0] if running is not None else 0
         dtype = next(self.model.parameters()).dtype
         past = torch.zeros(
@@ -634,10 +633,15 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
                 past[i, 0, :n_run, :, past_width - width :] = layer.keys
                 past[i, 1, :n_run, :, past_width - width :] = layer.values
         for k, blocks in enumerate(reused):
-            start = past_width - len(blocks) * block
-            for b, kv in enumerate(blocks):
-                past[:, :, n_run + k, :, start + b * block : start + (b + 1) * block] = kv
+            start = past_width - self._cached_tokens(blocks)
+            for kv in blocks:
+                stop = start + kv.shape[3]
+                past[:, :, n_run + k, :, start:stop] = kv
+                start = stop
         return DynamicCache(ddp_cache_data=[(past[i, 0], past[i, 1]) for i in range(layers)])
+
+    def _cached_tokens(self, blocks: list[torch.Tensor]) -> int:
+        return sum(self.prefix_cache.block_tokens(kv) for kv in blocks)
 
     def _charge(self, phase: str, since: float) -> float:
         now = time.perf_counter()
@@ -653,7 +657,7 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
             slots = mask[row].nonzero().squeeze(1)
             if slots.numel() != len(tokens):
                 raise EngineError(f"prefix cache: {slots.numel()} cached slots for {len(tokens)} tokens")
-            slots = slots[first * block : (first + count) * block]
+            slots = slots[first * block : (first + count) * block]  # the last block may be shorter
             kv = torch.stack(
                 [
                     torch.stack(
@@ -661,9 +665,8 @@ class TorchEngine(HuggingFaceTokenizer, BatchingEngine):
                     )
                     for layer in cache.layers
                 ]
-            )  # [layers, 2, kv_heads, count * block, head_dim]
-            kv = kv.unflatten(3, (count, block)).movedim(3, 0)
-            return [kv[i].clone(memory_format=torch.contiguous_format) for i in range(count)]
+            )  # [layers, 2, kv_heads, tokens, head_dim]
+            return [part.clone(memory_format=torch.contiguous_format) for part in kv.split(block, dim=3)]
 
         self.prefix_cache.insert(tokens, block_kv)
 
