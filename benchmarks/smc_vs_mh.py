@@ -123,15 +123,23 @@ async def run_engine(kind: str, engine: Engine, args: argparse.Namespace, rows_p
     done = load_rows(rows_path)
     if not engine.ready:
         await engine.start()
-    # An untimed warm-up: an engine's first requests pay for compilation and allocation.
-    for options in ({"method": "sample"}, {"method": "smc", "particles": 2, "chunk_size": 2}):
-        await reason_async("Warm up.", engine, chat=False, seed=0, max_new_tokens=4, **options)
+    warmed = False
     with rows_path.open("a", encoding="utf-8") as sink:
         for set_name, count in parse_sets(args.sets):
             for seed in args.seeds:
                 dataset = load_dataset(set_name, size=count, seed=seed)
                 methods = methods_for(dataset, args)
                 for i, problem in enumerate(dataset.problems):
+                    if not warmed:
+                        # Untimed: an engine's first requests pay for compilation and allocation.
+                        for options in (
+                            {"method": "sample"},
+                            {"method": "smc", "particles": 2, "chunk_size": 2},
+                        ):
+                            await reason_async(
+                                problem.prompt, engine, chat=dataset.chat, seed=0, max_new_tokens=4, **options
+                            )
+                        warmed = True
                     for method in methods:
                         key = (kind, set_name, seed, method.name, problem.id)
                         if key in done:
